@@ -1,0 +1,50 @@
+# The two commands a new user needs: `make demo` and `make test`. Both set up everything
+# from nothing on a Debian machine: system packages, the venv, then the job.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.mnistkit-installed
+APT_PACKAGES := docker.io docker-registry apache2-utils nginx-light debootstrap wrk
+PYTEST_ARGS ?=
+
+.PHONY: demo test bench system venv lock clean typecheck
+
+demo: system venv
+	$(BIN)/mnistkit-pipeline $(DEMO_ARGS)
+
+test: system venv
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python benchmarks/train_bench.py
+	$(BIN)/python benchmarks/search_bench.py
+	$(BIN)/python benchmarks/serve_bench.py
+
+typecheck: venv
+	$(BIN)/python -m mypy mnistkit
+
+# System packages the pipeline and its tests run for real: dockerd, a registry with
+# htpasswd auth, nginx as the gateway, debootstrap for offline base images, wrk for load.
+system:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[all,test]' mypy 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -c "import mnistkit, torch, seldon_core, docker, polyaxon"
+	touch $(STAMP)
+
+lock: venv
+	{ echo "# Versions seen to install and work together on Debian 12 / Python 3.11 (pip -c this file)."; \
+	  echo "# Regenerate with: make lock"; $(BIN)/pip freeze --exclude-editable | grep -v '^mypy'; } > requirements.lock
+
+clean:
+	rm -rf $(VENV) runs .mnistkit

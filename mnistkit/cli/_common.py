@@ -1,0 +1,55 @@
+"""What every command shares: logging set-up and the error edge."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import sys
+from typing import Any, Callable, TypeVar
+
+import click
+
+from ..errors import MnistkitError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is now (click's test runner swaps it)."""
+
+    stream = property(lambda self: sys.stderr, lambda self, value: None)  # type: ignore[assignment]
+
+
+def setup_logging(verbose: int, quiet: bool = False) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
+    logger = logging.getLogger("mnistkit")
+    logger.setLevel(level)
+    if not any(getattr(h, "_mnistkit", False) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler._mnistkit = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.propagate = False
+
+
+def verbosity(f: F) -> F:
+    f = click.option("-v", "--verbose", count=True, help="More detail (debug logs).")(f)
+    f = click.option("-q", "--quiet", is_flag=True, help="Only warnings and errors.")(f)
+    return f
+
+
+def errors_to_exit(f: F) -> F:
+    """Turn expected failures into one line on stderr and exit 1; Ctrl-C into exit 130."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return f(*args, **kwargs)
+        except MnistkitError as e:
+            click.echo(f"Error: {e}", err=True)
+            sys.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Interrupted.", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,190 @@
+"""MNIST files -> tensors, and the one preprocessing shared by training and serving.
+
+The data set is the four canonical IDX files. mnistkit ships them gzipped under
+``examples/data/MNIST/raw/``; they are decompressed once into a cache, their md5 is
+checked, and ``torchvision.datasets.MNIST(root, download=False)`` reads them. The whole
+set is then held in memory as one uint8 tensor: batches are slices, not per-sample
+PIL transforms.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import DataError
+
+__all__ = [
+    "MEAN",
+    "STD",
+    "MNISTData",
+    "preprocess",
+    "resolve_data_dir",
+    "load_mnist",
+]
+
+log = logging.getLogger(__name__)
+
+#: Mean and standard deviation of MNIST training pixels scaled to 0..1.
+MEAN = 0.1307
+STD = 0.3081
+#: Raw MNIST pixels are 0..255, white digit on black.
+PIXEL_MAX = 255.0
+
+# Uncompressed md5 sums of the canonical files (the same torchvision checks).
+_FILES = {
+    "train-images-idx3-ubyte": ("6bbc9ace898e44ae57da46a324031adb", 47040016),
+    "train-labels-idx1-ubyte": ("a25bea736e30d166cdddb491f175f624", 60008),
+    "t10k-images-idx3-ubyte": ("2646ac647ad5339dbf082846283269ea", 7840016),
+    "t10k-labels-idx1-ubyte": ("27ae3e4e09519cfbb04c329615203637", 10008),
+}
+
+_ENV = "MNISTKIT_DATA_DIR"
+
+
+def preprocess(pixels: torch.Tensor) -> torch.Tensor:
+    """Raw pixel intensities 0..255 (any numeric dtype) -> normalised float32.
+
+    Accepts ``(28, 28)``, ``(n, 28, 28)`` or ``(n, 1, 28, 28)``; returns
+    ``(n, 1, 28, 28)``. This is the only input transform in mnistkit: training and the
+    Seldon model class both call it, so they cannot drift apart (the 2018 pipeline
+    forgot the division by 255 at serving time).
+    """
+    x = pixels.to(torch.float32)
+    if x.dim() == 2:
+        x = x.unsqueeze(0)
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    return (x / PIXEL_MAX - MEAN) / STD
+
+
+@dataclass(frozen=True)
+class MNISTData:
+    """The whole data set in memory: raw uint8 images and int64 labels."""
+
+    train_images: torch.Tensor  # (60000, 28, 28) uint8
+    train_labels: torch.Tensor  # (60000,) int64
+    test_images: torch.Tensor  # (10000, 28, 28) uint8
+    test_labels: torch.Tensor  # (10000,) int64
+
+
+def _repo_data_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "examples" / "data"
+
+
+def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where to look for MNIST: the argument, else ``$MNISTKIT_DATA_DIR``, else the copy
+    shipped in the repository's ``examples/data``."""
+    if data_dir:
+        return Path(data_dir)
+    env = os.environ.get(_ENV)
+    if env:
+        return Path(env)
+    return _repo_data_dir()
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _cache_root() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache")
+    return Path(base) / "mnistkit"
+
+
+def _writable(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(path, os.W_OK)
+
+
+def _prepare_raw(root: Path) -> Path:
+    """Return a torchvision root whose ``MNIST/raw`` holds the four verified files."""
+    raw = root / "MNIST" / "raw"
+    if all(_ok(raw / name, name) for name in _FILES):
+        return root
+    gz = {name: raw / f"{name}.gz" for name in _FILES}
+    missing = [str(p) for name, p in gz.items() if not p.exists() and not (raw / name).exists()]
+    if missing:
+        raise DataError(
+            f"MNIST files not found in {raw} (missing {', '.join(Path(m).name for m in missing)}); "
+            f"point --data-dir or ${_ENV} at a folder holding MNIST/raw/, "
+            "or pass --download where the network allows"
+        )
+    # Decompress beside the .gz files when that folder is writable, else into a cache.
+    target_root = root if _writable(raw) else _cache_root() / "data"
+    target = target_root / "MNIST" / "raw"
+    target.mkdir(parents=True, exist_ok=True)
+    for name, (md5, size) in _FILES.items():
+        out = target / name
+        if _ok(out, name):
+            continue
+        src = raw / name if (raw / name).exists() else gz[name]
+        if src.suffix != ".gz":
+            raise DataError(f"{src} is corrupt (md5 or size mismatch); replace it with the original file")
+        fd, tmp = tempfile.mkstemp(dir=target, prefix=f".{name}.")
+        try:
+            with gzip.open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+                while chunk := fin.read(1 << 20):
+                    fout.write(chunk)
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            os.unlink(tmp)
+            raise DataError(f"{src} is corrupt or truncated ({e}); replace it with the original file") from None
+        if not _ok(Path(tmp), name):
+            os.unlink(tmp)
+            raise DataError(f"{src} is corrupt (md5 of its content is not MNIST's); replace it with the original file")
+        os.replace(tmp, out)
+        log.debug("decompressed %s -> %s", src, out)
+    return target_root
+
+
+def _ok(path: Path, name: str | None = None) -> bool:
+    """True when ``path`` holds the canonical content of MNIST file ``name``."""
+    md5, size = _FILES[name or path.name]
+    try:
+        if path.stat().st_size != size:
+            return False
+    except OSError:
+        return False
+    return _md5(path) == md5
+
+
+def load_mnist(data_dir: str | os.PathLike[str] | None = None, *, download: bool = False) -> MNISTData:
+    """Load and verify the whole MNIST set into memory.
+
+    Raises ``DataError`` with what to do when files are missing or corrupt.
+    """
+    from torchvision import datasets  # heavy; only needed here
+
+    root = resolve_data_dir(data_dir)
+    if download:
+        try:
+            datasets.MNIST(str(root), train=True, download=True)
+            datasets.MNIST(str(root), train=False, download=True)
+        except Exception as e:  # network errors come in many types
+            raise DataError(f"could not download MNIST into {root}: {e}") from None
+    tv_root = _prepare_raw(root)
+    try:
+        train = datasets.MNIST(str(tv_root), train=True, download=False)
+        test = datasets.MNIST(str(tv_root), train=False, download=False)
+    except RuntimeError as e:
+        raise DataError(f"torchvision could not read MNIST from {tv_root}: {e}") from None
+    return MNISTData(
+        train_images=train.data,
+        train_labels=train.targets.long(),
+        test_images=test.data,
+        test_labels=test.targets.long(),
+    )

@@ -1,0 +1,73 @@
+import gzip
+import shutil
+
+import pytest
+import torch
+
+from mnistkit.data import MEAN, STD, load_mnist, preprocess
+from mnistkit.errors import DataError
+from conftest import REPO
+
+RAW = REPO / "examples" / "data" / "MNIST" / "raw"
+
+
+def test_real_mnist_shapes_and_labels(mnist):
+    assert mnist.train_images.shape == (60000, 28, 28) and mnist.train_images.dtype == torch.uint8
+    assert mnist.test_images.shape == (10000, 28, 28)
+    assert mnist.train_labels.shape == (60000,) and set(mnist.test_labels.tolist()) == set(range(10))
+    # the first test digit of MNIST is a 7, the first training digit a 5
+    assert int(mnist.test_labels[0]) == 7 and int(mnist.train_labels[0]) == 5
+
+
+def test_preprocess_divides_by_255_then_normalises():
+    x = torch.tensor([[0, 255] * 392], dtype=torch.uint8).reshape(28, 28)
+    y = preprocess(x)
+    assert y.shape == (1, 1, 28, 28) and y.dtype == torch.float32
+    assert torch.isclose(y[0, 0, 0, 0], torch.tensor((0 - MEAN) / STD))
+    assert torch.isclose(y[0, 0, 0, 1], torch.tensor((1 - MEAN) / STD))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int32, torch.int64, torch.float64])
+def test_preprocess_same_for_every_input_dtype(mnist, dtype):
+    img = mnist.test_images[:4]
+    assert torch.equal(preprocess(img.to(dtype)), preprocess(img))
+    assert preprocess(img).shape == (4, 1, 28, 28)
+    assert torch.equal(preprocess(img.unsqueeze(1)), preprocess(img))
+
+
+def _copy_gz(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in RAW.glob("*.gz"):
+        shutil.copy(f, raw / f.name)
+    return raw
+
+
+def test_missing_files_name_the_flag_and_env(tmp_path):
+    with pytest.raises(DataError, match="--data-dir or \\$MNISTKIT_DATA_DIR"):
+        load_mnist(tmp_path)
+
+
+def test_truncated_gz_is_a_clear_error(tmp_path):
+    raw = _copy_gz(tmp_path)
+    data = (raw / "t10k-labels-idx1-ubyte.gz").read_bytes()
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="corrupt or truncated"):
+        load_mnist(tmp_path)
+
+
+def test_wrong_content_is_a_clear_error(tmp_path):
+    raw = _copy_gz(tmp_path)
+    content = bytearray(gzip.decompress((raw / "t10k-labels-idx1-ubyte.gz").read_bytes()))
+    content[100] ^= 0xFF  # one flipped byte, same size
+    (raw / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(bytes(content)))
+    with pytest.raises(DataError, match="md5"):
+        load_mnist(tmp_path)
+
+
+def test_decompresses_into_writable_data_dir_and_reuses(tmp_path):
+    raw = _copy_gz(tmp_path)
+    data = load_mnist(tmp_path)
+    assert (raw / "t10k-images-idx3-ubyte").stat().st_size == 7840016
+    assert len(data.test_images) == 10000
+    assert not list(raw.glob(".*"))  # no temporary files left behind
