@@ -1,0 +1,250 @@
+"""The Seldon Core v1 model class: ``seldon-core-microservice mnistkit.serving.MnistModel``.
+
+It loads a verified mnistkit artifact, accepts what clients really send (raw pixels
+0..255 as ints or floats in shapes ``[784]``, ``[n, 784]``, ``[28, 28]``,
+``[n, 28, 28]``, ``[n, 1, 28, 28]``, or an encoded image as ``binData``), applies the one
+shared preprocessing (``mnistkit.data.preprocess``) and returns class probabilities
+``[n, 10]``. Bad input is refused with HTTP 400 and a message, never a 500.
+
+Configuration: constructor parameters (``model_path``, ``max_batch``, ``threads``, as
+SeldonDeployment ``parameters``) or the environment (``MNISTKIT_MODEL``,
+``MNISTKIT_MAX_BATCH``, ``MNISTKIT_TORCH_THREADS``). The default model path is
+``./model``, where the s2i build puts it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ArtifactError, ServingError
+
+__all__ = ["MnistModel", "BadInput", "to_pixels"]
+
+log = logging.getLogger(__name__)
+
+PIXELS = 28 * 28
+DIGITS = [str(d) for d in range(10)]
+GOLDEN = Path(__file__).parent / "assets" / "golden-7.png"
+
+
+class BadInput(ValueError):
+    """A request the model cannot answer; becomes HTTP 400."""
+
+
+def to_pixels(X: Any, *, max_batch: int, invert: bool = False) -> np.ndarray:
+    """Validate a request payload and return ``(n, 28, 28)`` float32 pixels 0..255.
+
+    Raises ``BadInput`` naming what is wrong.
+    """
+    if isinstance(X, (bytes, bytearray)):
+        from .images import decode_image
+
+        try:
+            return decode_image(bytes(X), invert=invert, name="binData").pixels[None].astype(np.float32)
+        except ValueError as e:
+            raise BadInput(str(e)) from None
+    if isinstance(X, str):
+        raise BadInput("strData is not accepted: send pixels as tensor/ndarray, or an image as binData")
+    if isinstance(X, dict):
+        raise BadInput("jsonData is not accepted: send pixels as tensor/ndarray, or an image as binData")
+    try:
+        arr = np.asarray(X)
+    except ValueError:
+        raise BadInput("the ndarray is ragged; every image must have 784 pixels") from None
+    if arr.size == 0:
+        raise BadInput("the request holds no pixels; send 784 values (0..255) per image")
+    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        kind = "strings" if arr.dtype.kind in "USO" else str(arr.dtype)
+        raise BadInput(f"pixels must be numbers 0..255, got {kind}")
+    shape = arr.shape
+    if shape in ((PIXELS,), (28, 28)):
+        n = 1
+    elif len(shape) == 2 and shape[1] == PIXELS or len(shape) == 3 and shape[1:] == (28, 28) or len(shape) == 4 and shape[1:] == (1, 28, 28):
+        n = shape[0]
+    else:
+        raise BadInput(
+            f"cannot read shape {list(shape)} as images: use [784], [n, 784], [28, 28], [n, 28, 28] or [n, 1, 28, 28]"
+        )
+    if n > max_batch:
+        raise BadInput(f"batch of {n} images is over the limit of {max_batch}; split the request")
+    pixels = arr.astype(np.float32, copy=False).reshape(n, 28, 28)
+    if not np.isfinite(pixels).all():
+        raise BadInput("pixels must be finite numbers; the request holds NaN or Infinity")
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if lo < 0 or hi > 255:
+        raise BadInput(f"pixels must lie in 0..255 (raw intensities), got values from {lo:g} to {hi:g}")
+    return pixels
+
+
+class MnistModel:
+    """Seldon Core v1 Python component serving a mnistkit artifact."""
+
+    def __init__(
+        self,
+        model_path: str | None = None,
+        max_batch: int | None = None,
+        threads: int | None = None,
+        invert: bool = False,
+    ) -> None:
+        from .artifact import read_manifest
+
+        self.model_path = Path(model_path or os.environ.get("MNISTKIT_MODEL") or "model")
+        self.max_batch = int(max_batch or os.environ.get("MNISTKIT_MAX_BATCH") or 256)
+        self.threads = int(threads or os.environ.get("MNISTKIT_TORCH_THREADS") or 1)
+        self.invert = invert
+        try:
+            # Verify at start-up so a missing or tampered artifact stops the server at once.
+            self.manifest, self.sha256, _ = read_manifest(self.model_path)
+        except ArtifactError as e:
+            raise ServingError(f"cannot serve: {e}") from None
+        self._network: Any = None
+        self._pending = np.zeros(10, dtype=np.int64)  # predictions per digit since last metrics()
+        self._refused = 0
+        log.info("mnistkit model %s (sha256 %s) ready to load", self.model_path, self.sha256[:12])
+
+    # -- Seldon hooks -----------------------------------------------------------------
+
+    def load(self) -> None:
+        """Load the weights (Seldon calls this in each server process)."""
+        if self._network is not None:
+            return
+        import torch
+
+        from .artifact import load_model
+
+        torch.set_num_threads(self.threads)
+        try:
+            model = load_model(self.model_path)
+        except ArtifactError as e:
+            raise ServingError(f"cannot serve: {e}") from None
+        if model.sha256 != self.sha256:
+            raise ServingError(f"cannot serve: {self.model_path} changed after start-up")
+        self._network = model.network
+        from .data import preprocess
+
+        self._preprocess = preprocess
+
+    def predict_raw(self, request: Any) -> Any:
+        """Check the raw REST message Seldon would otherwise fail on with a 500, then hand
+        over to ``predict`` through Seldon's own path (tags, metrics, response shape)."""
+        from seldon_core.user_model import SeldonNotImplementedError
+
+        if isinstance(request, dict):
+            self._check_message(request)
+        raise SeldonNotImplementedError("fall through to predict")
+
+    def predict(self, X: Any, features_names: Any = None, **kwargs: Any) -> np.ndarray:
+        """Pixels or image bytes -> probabilities ``(n, 10)``, rows summing to 1."""
+        try:
+            pixels = to_pixels(X, max_batch=self.max_batch, invert=self.invert)
+        except BadInput as e:
+            self._refuse(str(e))
+        return self.predict_pixels(pixels)
+
+    def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """Validated ``(n, 28, 28)`` pixels 0..255 -> probabilities ``(n, 10)``."""
+        import torch
+
+        self.load()
+        with torch.inference_mode():
+            x = self._preprocess(torch.from_numpy(pixels))  # (n, 1, 28, 28)
+            probs = self._network(x).exp()  # (n, 10)
+        out = probs.numpy()
+        np.add.at(self._pending, out.argmax(axis=1), 1)
+        return out
+
+    def class_names(self) -> list[str]:
+        return DIGITS
+
+    def tags(self) -> dict[str, str]:
+        return {
+            "model_sha256": self.sha256,
+            "model_run": str(self.manifest.get("run", {}).get("id", "")),
+            "mnistkit_version": str(self.manifest.get("versions", {}).get("mnistkit", "")),
+        }
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Counters since the last call: predictions per digit, refused requests."""
+        out = [
+            {"type": "COUNTER", "key": "mnistkit_predictions_total", "value": int(v), "tags": {"digit": str(d)}}
+            for d, v in enumerate(self._pending)
+            if v
+        ]
+        if self._refused:
+            out.append({"type": "COUNTER", "key": "mnistkit_refused_total", "value": self._refused})
+        self._pending[:] = 0
+        self._refused = 0
+        return out
+
+    def health_status(self) -> np.ndarray:
+        """A real prediction on the built-in golden image (an MNIST test 7)."""
+        from .images import decode_image
+
+        pixels = decode_image(GOLDEN.read_bytes()).pixels[None].astype(np.float32)
+        probs = self.predict_pixels(pixels)
+        self._pending[:] = 0  # health checks are not traffic
+        if not (np.isfinite(probs).all() and abs(float(probs.sum()) - 1) < 1e-3):
+            raise ServingError("health check failed: the model returned invalid probabilities")
+        return probs
+
+    def init_metadata(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "name": "mnistkit-mnist",
+            "versions": [self.sha256[:12]],
+            "platform": "pytorch",
+            "inputs": [
+                {"name": "pixels", "datatype": "FP32", "shape": [-1, PIXELS]},
+                {"messagetype": "binData"},
+            ],
+            "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
+            "custom": {
+                "input_range": "raw pixel intensities 0..255, white digit on black",
+                "input_shapes": "[784], [n,784], [28,28], [n,28,28], [n,1,28,28]; or an image as binData",
+                "max_batch": str(self.max_batch),
+                "run_id": str(m.get("run", {}).get("id", "")),
+                "params": json.dumps(m.get("train_config", {}), sort_keys=True),
+                "metrics": json.dumps(m.get("metrics", {}), sort_keys=True),
+                "artifact_sha256": self.sha256,
+                "mnistkit_version": str(m.get("versions", {}).get("mnistkit", "")),
+            },
+        }
+
+    # -- helpers --------------------------------------------------------------------
+
+    def _refuse(self, message: str) -> None:
+        from seldon_core.flask_utils import SeldonMicroserviceException
+
+        self._refused += 1
+        raise SeldonMicroserviceException(message, status_code=400, reason="MNISTKIT_BAD_INPUT")
+
+    def _check_message(self, request: dict[str, Any]) -> None:
+        data = request.get("data")
+        if data is None:
+            if "binData" in request:
+                return
+            kinds = ", ".join(k for k in ("strData", "jsonData") if k in request) or "no data"
+            self._refuse(f"request has {kinds}: send pixels in data.tensor / data.ndarray, or an image as binData")
+        if not isinstance(data, dict) or not ({"tensor", "ndarray"} & set(data)):
+            self._refuse("request data must hold a tensor or an ndarray of pixels")
+        if "ndarray" in data:
+            try:
+                np.asarray(data["ndarray"])
+            except ValueError:
+                self._refuse("data.ndarray is ragged; every image must have 784 pixels")
+        tensor = data.get("tensor")
+        if tensor is not None:
+            if not isinstance(tensor, dict) or not isinstance(tensor.get("shape"), list) or not isinstance(tensor.get("values"), list):
+                self._refuse("data.tensor needs a list 'shape' and a list 'values'")
+            try:
+                want = int(np.prod(tensor["shape"])) if tensor["shape"] else 1
+            except (TypeError, ValueError):
+                self._refuse("data.tensor.shape must be a list of integers")
+            if want != len(tensor["values"]):
+                self._refuse(f"data.tensor.shape {tensor['shape']} needs {want} values, got {len(tensor['values'])}")

@@ -1,0 +1,174 @@
+"""The Seldon model class in process, and served by the real seldon-core-microservice."""
+
+from __future__ import annotations
+
+import base64
+
+import numpy as np
+import pytest
+import requests
+import torch
+
+from mnistkit.data import preprocess
+from mnistkit.errors import ServingError
+from mnistkit.images import encode_png
+from mnistkit.microservice import start_microservice
+from mnistkit.serving import MnistModel
+
+
+@pytest.fixture(scope="module")
+def model(trained_run):
+    m = MnistModel(str(trained_run.artifact))
+    m.load()
+    return m
+
+
+@pytest.fixture(scope="module")
+def server(trained_run, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("ms")
+    service = start_microservice(env={"MNISTKIT_MODEL": str(trained_run.artifact)}, cwd=cwd)
+    yield service
+    service.stop()
+
+
+def post(server, path, payload, **kw):
+    return requests.post(server.url + path, json=payload, timeout=30, **kw)
+
+
+def probs_of(body):
+    t = body["data"].get("tensor")
+    if t is not None:
+        return np.array(t["values"]).reshape(t["shape"])
+    return np.array(body["data"]["ndarray"])
+
+
+# -- in process ---------------------------------------------------------------------
+
+
+def test_serving_path_feeds_the_network_the_training_tensor(model, mnist, monkeypatch):
+    seen = []
+    real = model._network.forward
+    monkeypatch.setattr(model._network, "forward", lambda x: (seen.append(x.clone()), real(x))[1])
+    raw = mnist.test_images[:3]
+    # what the 2018 client sent: int32 pixels of a PNG, flattened
+    model.predict(raw.numpy().astype(np.int32).reshape(3, 784), [])
+    assert torch.equal(seen[0], preprocess(raw))  # exactly the tensor training used
+
+
+@pytest.mark.parametrize("shape", [(784,), (28, 28), (1, 784), (1, 28, 28), (1, 1, 28, 28)])
+def test_accepts_every_documented_shape(model, mnist, shape):
+    img = mnist.test_images[0].numpy()
+    probs = model.predict(img.reshape(shape).astype(np.float64), [])
+    assert probs.shape == (1, 10) and abs(probs.sum() - 1) < 1e-5
+
+
+def test_missing_or_tampered_artifact_fails_at_start(trained_run, tmp_path):
+    with pytest.raises(ServingError, match="cannot serve: no model at"):
+        MnistModel(str(tmp_path / "none"))
+    import shutil
+
+    copy = tmp_path / "model"
+    shutil.copytree(trained_run.artifact, copy)
+    w = next(copy.glob("weights-*"))
+    w.write_bytes(w.read_bytes()[:-1] + b"\x00")
+    with pytest.raises(ServingError, match="modified"):
+        MnistModel(str(copy))
+
+
+def test_metrics_count_predictions_per_digit(model, mnist):
+    model.metrics()  # reset
+    probs = model.predict(mnist.test_images[:20].numpy(), [])
+    counts = {m["tags"]["digit"]: m["value"] for m in model.metrics() if m["key"] == "mnistkit_predictions_total"}
+    want = np.bincount(probs.argmax(axis=1), minlength=10)
+    assert counts == {str(d): int(v) for d, v in enumerate(want) if v}
+    assert model.metrics() == []
+
+
+# -- over HTTP, the real microservice -----------------------------------------------
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("path", ["/predict", "/api/v0.1/predictions", "/api/v1.0/predictions"])
+def test_routes_with_tensor_and_ndarray(server, model, mnist, path):
+    imgs = mnist.test_images[:5].numpy().astype(np.int32)
+    want = model.predict(imgs, [])
+    one = post(server, path, {"data": {"names": [], "tensor": {"shape": [784], "values": imgs[0].ravel().tolist()}}})
+    assert one.status_code == 200, one.text
+    assert np.abs(probs_of(one.json()) - want[:1]).max() <= 1e-5
+    batch = post(server, path, {"data": {"ndarray": imgs.reshape(5, 784).tolist()}})
+    assert batch.status_code == 200
+    body = batch.json()
+    assert body["data"]["names"] == [str(d) for d in range(10)]
+    assert np.abs(probs_of(body) - want).max() <= 1e-5
+    assert body["meta"]["tags"]["model_sha256"] == model.sha256
+
+
+@pytest.mark.server
+def test_bindata_png(server, model, mnist):
+    img = mnist.test_images[1].numpy()
+    r = post(server, "/api/v1.0/predictions", {"binData": base64.b64encode(encode_png(img)).decode()})
+    assert r.status_code == 200, r.text
+    assert np.abs(probs_of(r.json()) - model.predict(img, [])).max() <= 1e-5
+
+
+@pytest.mark.server
+def test_http_equals_in_process_and_accuracy_matches_the_record(server, model, mnist, trained_run):
+    # the train/serve skew guard: every test digit, over HTTP, in batches of 250 (the default batch limit is 256)
+    correct = 0
+    for i in range(0, 10000, 250):
+        imgs = mnist.test_images[i : i + 250].numpy()
+        r = post(server, "/api/v1.0/predictions", {"data": {"tensor": {"shape": [250, 784], "values": imgs.ravel().tolist()}}})
+        assert r.status_code == 200
+        got = probs_of(r.json())
+        if i == 0:
+            assert np.abs(got - model.predict(imgs, [])).max() <= 1e-5
+        correct += int((got.argmax(axis=1) == mnist.test_labels[i : i + 250].numpy()).sum())
+    assert correct / 10000 == trained_run.best_accuracy
+
+
+BAD = {
+    "wrong element count": {"data": {"ndarray": [[0] * 700]}},
+    "tensor shape and values disagree": {"data": {"tensor": {"shape": [1, 784], "values": [0] * 10}}},
+    "empty": {"data": {"ndarray": []}},
+    "NaN": {"data": {"tensor": {"shape": [784], "values": [0] * 783 + ["NaN"]}}},
+    "out of range": {"data": {"ndarray": [[300] * 784]}},
+    "negative": {"data": {"ndarray": [[-1] * 784]}},
+    "strings": {"data": {"ndarray": [["a"] * 784]}},
+    "strData": {"strData": "hello"},
+    "ragged": {"data": {"ndarray": [[0] * 784, [0] * 3]}},
+    "not an image": {"binData": base64.b64encode(b"not a png").decode()},
+    "over batch limit": {"data": {"tensor": {"shape": [300, 784], "values": [0] * (300 * 784)}}},
+}
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_is_a_400_with_seldon_status(server, case):
+    payload = BAD[case]
+    if case == "NaN":  # JSON has no NaN literal; send what Python's json writes
+        import json
+
+        r = requests.post(server.url + "/api/v1.0/predictions", data=json.dumps(payload).replace('"NaN"', "NaN"),
+                          headers={"Content-Type": "application/json"}, timeout=30)
+    else:
+        r = post(server, "/api/v1.0/predictions", payload)
+    assert r.status_code == 400, (case, r.status_code, r.text)
+    status = r.json()["status"]
+    assert status["reason"] == "MNISTKIT_BAD_INPUT" and status["info"], status  # Seldon 1.x: code -1, status 1
+    assert requests.get(server.url + "/health/ping", timeout=5).status_code == 200
+
+
+@pytest.mark.server
+def test_metadata_health_and_metrics(server, model):
+    meta = requests.get(server.url + "/metadata", timeout=5).json()
+    assert meta["custom"]["artifact_sha256"] == model.sha256
+    assert meta["inputs"][0]["shape"] == [-1, 784]
+    health = requests.get(server.url + "/health/status", timeout=10)
+    assert health.status_code == 200
+    probs = probs_of(health.json())
+    assert probs.shape == (1, 10) and abs(probs.sum() - 1) < 1e-4
+    post(server, "/predict", {"data": {"ndarray": [[0] * 784]}})
+    post(server, "/predict", {"data": {"ndarray": [[999] * 784]}})  # refused
+    post(server, "/predict", {"data": {"ndarray": [[0] * 784]}})  # flushes the refused count
+    text = requests.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).text
+    assert "mnistkit_predictions_total" in text and "mnistkit_refused_total" in text
