@@ -1,8 +1,55 @@
-"""mnistkit-query (placeholder until the build issue lands)."""
+"""mnistkit-query: send images to a Seldon deployment and print the digits."""
+
+from __future__ import annotations
+
+import json
+
 import click
 
+from ._common import errors_to_exit, setup_logging, verbosity
 
-@click.command()
-def main() -> None:
-    """Query a Seldon deployment (not yet implemented)."""
-    click.echo("not yet implemented")
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.argument("inputs", nargs=-1, required=True, type=click.Path())
+@click.option("--endpoint", default="localhost:8003", show_default=True, help="HOST:PORT of Ambassador (the 2018 port-forward) or of a microservice.")
+@click.option("--deployment", default="mnist", show_default=True, help="SeldonDeployment name.")
+@click.option("--namespace", default="seldon", show_default=True, help="Namespace of the deployment.")
+@click.option("--route", type=click.Choice(["ambassador", "ambassador-v0.1", "direct"]), default="ambassador", show_default=True,
+              help="ambassador: /seldon/NS/DEPLOYMENT/api/v1.0/predictions; ambassador-v0.1: the 2018 /seldon/DEPLOYMENT/api/v0.1/predictions; direct: /api/v1.0/predictions.")
+@click.option("--url", help="Full predictions URL (overrides --endpoint/--route).")
+@click.option("--payload", type=click.Choice(["tensor", "ndarray", "binData"]), default="tensor", show_default=True, help="tensor: raw 0..255 pixels as in 2018.")
+@click.option("--batch/--no-batch", default=True, show_default=True, help="Send several images as one request.")
+@click.option("--invert", is_flag=True, help="Invert black-on-white drawings to MNIST's white-on-black.")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds per request.")
+@click.option("--retries", type=int, default=3, show_default=True, help="Retries on connection errors and 503.")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole answer per image as JSON lines.")
+@verbosity
+@errors_to_exit
+def main(inputs: tuple[str, ...], endpoint: str, deployment: str, namespace: str, route: str, url: str | None,
+         payload: str, batch: bool, invert: bool, timeout: float, retries: int, as_json: bool,
+         verbose: int, quiet: bool) -> None:
+    """Predict the digits in INPUTS (image files or .npy arrays) with a Seldon deployment.
+
+    \b
+    Examples:
+      mnistkit-query examples/images/*.png                      # Ambassador on localhost:8003
+      mnistkit-query --route direct --endpoint localhost:9000 digit.png
+      mnistkit-query --payload binData --invert drawing.jpg
+    """
+    setup_logging(verbose, quiet)
+    from ..client import Endpoint, QueryConfig, load_inputs, predict
+
+    config = QueryConfig(Endpoint(endpoint, deployment, namespace, route, url), payload, batch, timeout, retries).validate()
+    predictions = predict(load_inputs(inputs, invert=invert), config)
+    if as_json:
+        for p in predictions:
+            click.echo(json.dumps(p.to_json()))
+        return
+    width = max(len("image"), *(len(p.name) for p in predictions))
+    click.echo(f"{'image':<{width}}  digit  probability  runner-up")
+    for p in predictions:
+        click.echo(f"{p.name:<{width}}  {p.digit:>5}  {p.probability:>11.4f}  {p.runner_up} ({p.runner_up_probability:.4f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,274 @@
+"""The Seldon REST client: images or arrays in, digits out. No torch, no docker.
+
+Sends raw pixels 0..255 exactly as the 2018 client did (``data.tensor`` with the
+flattened image), or ``data.ndarray``, or the encoded image as ``binData``; several
+images go as one batched request. Routes::
+
+    ambassador       /seldon/<namespace>/<deployment>/api/v1.0/predictions   (Seldon Core 1.x)
+    ambassador-v0.1  /seldon/<deployment>/api/v0.1/predictions               (the 2018 route)
+    direct           /api/v1.0/predictions                                   (a microservice)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import ConfigError, QueryError
+
+__all__ = [
+    "ROUTES",
+    "PAYLOADS",
+    "Endpoint",
+    "QueryConfig",
+    "Input",
+    "Prediction",
+    "load_inputs",
+    "build_payload",
+    "parse_probabilities",
+    "post_json",
+    "predict",
+]
+
+log = logging.getLogger(__name__)
+
+ROUTES = {
+    "ambassador": "/seldon/{namespace}/{deployment}/api/v1.0/predictions",
+    "ambassador-v0.1": "/seldon/{deployment}/api/v0.1/predictions",
+    "direct": "/api/v1.0/predictions",
+}
+PAYLOADS = ("tensor", "ndarray", "binData")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where predictions are posted. Defaults match the 2018 walk-through: Ambassador
+    port-forwarded to localhost:8003, deployment ``mnist`` in namespace ``seldon``."""
+
+    host: str = "localhost:8003"
+    deployment: str = "mnist"
+    namespace: str = "seldon"
+    route: str = "ambassador"
+    url: str | None = None  # a full URL overrides everything else
+
+    def predictions_url(self) -> str:
+        if self.url:
+            return self.url
+        if self.route not in ROUTES:
+            raise ConfigError(f"unknown route {self.route!r}; use one of {', '.join(ROUTES)}")
+        host = self.host if "://" in self.host else f"http://{self.host}"
+        return host.rstrip("/") + ROUTES[self.route].format(namespace=self.namespace, deployment=self.deployment)
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    endpoint: Endpoint = field(default_factory=Endpoint)
+    payload: str = "tensor"
+    batch: bool = True
+    timeout: float = 10.0
+    retries: int = 3
+    backoff: float = 0.5
+
+    def validate(self) -> "QueryConfig":
+        if self.payload not in PAYLOADS:
+            raise ConfigError(f"unknown payload {self.payload!r}; use one of {', '.join(PAYLOADS)}")
+        if self.timeout <= 0 or self.retries < 0:
+            raise ConfigError("--timeout must be positive and --retries at least 0")
+        self.endpoint.predictions_url()
+        return self
+
+
+@dataclass(frozen=True)
+class Input:
+    name: str
+    pixels: np.ndarray  # (28, 28), raw intensities 0..255
+    encoded: bytes | None = None  # the image file's bytes, for binData
+
+
+@dataclass(frozen=True)
+class Prediction:
+    name: str
+    digit: int
+    probability: float
+    runner_up: int
+    runner_up_probability: float
+    probabilities: list[float]
+    response: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image": self.name, "digit": self.digit, "probability": self.probability,
+            "runner_up": self.runner_up, "runner_up_probability": self.runner_up_probability,
+            "probabilities": self.probabilities, "response": self.response,
+        }
+
+
+def _npy_inputs(path: Path) -> list[Input]:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as e:
+        raise QueryError(f"{path} is not a readable .npy array ({e})") from None
+    if arr.shape in ((784,), (28, 28)):
+        arr = arr.reshape(1, 28, 28)
+    elif arr.ndim == 2 and arr.shape[1] == 784 or arr.ndim == 3 and arr.shape[1:] == (28, 28):
+        arr = arr.reshape(-1, 28, 28)
+    else:
+        raise QueryError(f"{path} has shape {list(arr.shape)}; expected [784], [28, 28], [n, 784] or [n, 28, 28]")
+    if not np.issubdtype(arr.dtype, np.number):
+        raise QueryError(f"{path} holds {arr.dtype}, not pixel numbers")
+    if len(arr) == 1:
+        return [Input(str(path), arr[0])]
+    return [Input(f"{path}[{i}]", a) for i, a in enumerate(arr)]
+
+
+def load_inputs(paths: Sequence[str | Path], *, invert: bool = False) -> list[Input]:
+    """Read image files (anything Pillow reads) and ``.npy`` arrays as 28x28 pixels.
+
+    Images of another size are resized, with a warning; ``invert`` turns black-on-white
+    drawings into MNIST's white-on-black.
+    """
+    from .images import decode_image
+
+    inputs: list[Input] = []
+    for p in map(Path, paths):
+        if not p.is_file():
+            raise QueryError(f"no such file: {p}")
+        if p.suffix.lower() == ".npy":
+            inputs.extend(_npy_inputs(p))
+            continue
+        data = p.read_bytes()
+        try:
+            img = decode_image(data, invert=invert, name=str(p))
+        except ValueError as e:
+            raise QueryError(str(e)) from None
+        if img.resized_from:
+            w, h = img.resized_from
+            log.warning("warning: %s is %dx%d; resized to 28x28 (predictions on resized drawings are less reliable)", p, w, h)
+        # binData sends the file as it is, unless it had to be changed to be read as MNIST
+        encoded = data if img.resized_from is None and not invert else _png(img.pixels)
+        inputs.append(Input(str(p), img.pixels, encoded))
+    if not inputs:
+        raise QueryError("no images given")
+    return inputs
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    from .images import encode_png
+
+    return encode_png(pixels)
+
+
+def _values(pixels: np.ndarray) -> list[Any]:
+    arr = np.asarray(pixels)
+    return arr.astype(np.int64).ravel().tolist() if np.all(arr == np.round(arr)) else arr.ravel().tolist()
+
+
+def build_payload(inputs: Sequence[Input], kind: str = "tensor") -> dict[str, Any]:
+    """The Seldon request body for ``inputs``. One image as ``tensor`` is exactly the
+    2018 payload: ``{"data": {"names": [], "tensor": {"shape": [784], "values": [...]}}}``."""
+    if kind == "binData":
+        if len(inputs) != 1:
+            raise ConfigError("binData carries one image per request")
+        import base64
+
+        return {"binData": base64.b64encode(inputs[0].encoded or _png(inputs[0].pixels)).decode("ascii")}
+    stack = np.stack([np.asarray(i.pixels).reshape(784) for i in inputs])  # (n, 784)
+    if kind == "tensor":
+        shape = [784] if len(inputs) == 1 else [len(inputs), 784]
+        return {"data": {"names": [], "tensor": {"shape": shape, "values": _values(stack)}}}
+    if kind == "ndarray":
+        return {"data": {"names": [], "ndarray": [_values(row) for row in stack]}}
+    raise ConfigError(f"unknown payload {kind!r}; use one of {', '.join(PAYLOADS)}")
+
+
+def parse_probabilities(response: dict[str, Any]) -> np.ndarray:
+    """``(n, 10)`` probabilities from a Seldon response (tensor or ndarray)."""
+    data = response.get("data") if isinstance(response, dict) else None
+    try:
+        if data and "tensor" in data:
+            t = data["tensor"]
+            probs = np.asarray(t["values"], dtype=np.float64).reshape(t["shape"])
+        elif data and "ndarray" in data:
+            probs = np.asarray(data["ndarray"], dtype=np.float64)
+        else:
+            raise ValueError("no data.tensor or data.ndarray")
+        probs = probs.reshape(-1, 10)
+    except (ValueError, TypeError, KeyError) as e:
+        raise QueryError(f"the endpoint's answer is not a Seldon prediction of 10 classes ({e})") from None
+    return probs
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        status = json.loads(body).get("status", {})
+        info = status.get("info") or status.get("reason")
+        if info:
+            return str(info)
+    except (ValueError, AttributeError):
+        pass
+    text = body.decode("utf-8", "replace").strip()
+    title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
+    if title:  # a gateway's HTML error page
+        return title.group(1).strip()
+    text = text.splitlines()
+    return text[0][:200] if text else "(empty body)"
+
+
+def post_json(url: str, payload: dict[str, Any], *, timeout: float = 10.0, retries: int = 3, backoff: float = 0.5) -> dict[str, Any]:
+    """POST JSON; retry connection errors and 503 with exponential backoff.
+
+    Raises ``QueryError`` with Seldon's ``status.info`` for 4xx/5xx answers.
+    """
+    body = json.dumps(payload).encode()
+    attempt = 0
+    while True:
+        req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
+                raw = r.read()
+            try:
+                return json.loads(raw)
+            except ValueError:
+                raise QueryError(f"{url} answered with something that is not JSON") from None
+        except urllib.error.HTTPError as e:
+            text = _error_text(e.read())
+            if e.code == 503 and attempt < retries:
+                reason = f"503 ({text})"
+            else:
+                raise QueryError(f"{url} answered {e.code}: {text}") from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+            reason = str(getattr(e, "reason", e))
+            if attempt >= retries:
+                raise QueryError(f"cannot reach {url}: {reason} (after {attempt + 1} tries); is the endpoint right and up?") from None
+        attempt += 1
+        delay = backoff * 2 ** (attempt - 1)
+        log.debug("retrying %s in %.1fs: %s", url, delay, reason)
+        time.sleep(delay)
+
+
+def predict(inputs: Sequence[Input], config: QueryConfig | None = None) -> list[Prediction]:
+    """Send ``inputs`` and decode each answer: digit, probability and runner-up."""
+    config = (config or QueryConfig()).validate()
+    url = config.endpoint.predictions_url()
+    groups = [list(inputs)] if config.batch and config.payload != "binData" else [[i] for i in inputs]
+    out: list[Prediction] = []
+    for group in groups:
+        response = post_json(url, build_payload(group, config.payload), timeout=config.timeout,
+                             retries=config.retries, backoff=config.backoff)
+        probs = parse_probabilities(response)
+        if len(probs) != len(group):
+            raise QueryError(f"sent {len(group)} images but got {len(probs)} predictions back")
+        for item, p in zip(group, probs):
+            order = np.argsort(p)[::-1]
+            out.append(Prediction(item.name, int(order[0]), float(p[order[0]]), int(order[1]), float(p[order[1]]),
+                                  p.tolist(), response))
+    return out
