@@ -1,0 +1,482 @@
+"""Reading and writing polyaxonfiles.
+
+Two formats are read into one ``SearchSpec``:
+
+* the 2018 format (polyaxon v0.x, ``version: 1``): ``kind: group`` with ``hptuning``
+  (``matrix``, ``grid_search`` / ``random_search``, ``concurrency``, ``early_stopping``,
+  ``seed``), ``declarations`` and a ``run.cmd`` template; or ``kind: experiment``;
+* the current format (polyaxon v1.1+): ``kind: operation`` with ``matrix: {kind: grid|random}``,
+  ``params`` and an inline ``component`` whose container runs ``mnistkit-train``.
+
+Distributions follow Polyaxon's definitions: ``values``/``choice``, ``pvalues``/``pchoice``,
+``range`` (numpy arange), ``linspace``, ``logspace``, ``geomspace`` (discrete) and
+``uniform``, ``quniform``, ``loguniform`` (exp of a uniform draw), ``qloguniform``,
+``normal``, ``qnormal``, ``lognormal``, ``qlognormal`` (continuous); the ``q`` variants
+round ``value // q * q``. ``write_v1`` exports a spec as a current polyaxonfile that
+``polyaxon check`` accepts.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import yaml
+
+from .errors import SearchError
+
+__all__ = ["Distribution", "EarlyStopping", "SearchSpec", "read_polyaxonfile", "parse_polyaxonfile", "write_v1", "DISCRETE", "CONTINUOUS"]
+
+# name -> names of its arguments, in the order of the "a:b:c" string form
+DISCRETE = {
+    "values": None,
+    "pvalues": None,
+    "range": ("start", "stop", "step"),
+    "linspace": ("start", "stop", "num"),
+    "logspace": ("start", "stop", "num", "base"),
+    "geomspace": ("start", "stop", "num"),
+}
+CONTINUOUS = {
+    "uniform": ("low", "high"),
+    "quniform": ("low", "high", "q"),
+    "loguniform": ("low", "high"),
+    "qloguniform": ("low", "high", "q"),
+    "normal": ("loc", "scale"),
+    "qnormal": ("loc", "scale", "q"),
+    "lognormal": ("loc", "scale"),
+    "qlognormal": ("loc", "scale", "q"),
+}
+_V1_ALIASES = {"choice": "values", "pchoice": "pvalues"}
+_V0_TOP = {"version", "kind", "hptuning", "declarations", "build", "run", "environment", "logging", "tags", "name", "description", "params"}
+_V0_HPTUNING = {"concurrency", "random_search", "grid_search", "matrix", "early_stopping", "seed", "hyperband", "bo"}
+_V1_TOP = {"version", "kind", "name", "description", "tags", "matrix", "params", "component", "hubRef", "pathRef", "urlRef", "presets", "queue", "cache", "termination", "plugins", "isPreset", "isApproved", "cost", "schedule", "dependencies", "trigger", "conditions", "skipOnUpstreamSkip", "events", "hooks", "joins", "inputs", "outputs", "run", "runPatch", "patchStrategy"}
+_TEMPLATE = re.compile(r"\{\{\s*([\w.]+)\s*\}\}")
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """One matrix entry: a discrete set of values or a continuous distribution."""
+
+    kind: str
+    args: tuple[Any, ...] = ()
+    values: tuple[Any, ...] = ()  # for values/pvalues (pvalues: (value, p) pairs)
+
+    @property
+    def discrete(self) -> bool:
+        return self.kind in DISCRETE
+
+    def points(self) -> list[Any]:
+        """All values of a discrete distribution (grid search)."""
+        if self.kind == "values":
+            return list(self.values)
+        if self.kind == "pvalues":
+            return [v for v, _ in self.values]
+        if self.kind == "range":
+            out = np.arange(*self.args)
+        elif self.kind == "linspace":
+            out = np.linspace(*self.args)
+        elif self.kind == "logspace":
+            out = np.logspace(*self.args)
+        elif self.kind == "geomspace":
+            out = np.geomspace(*self.args)
+        else:
+            raise SearchError(f"{self.kind} is a continuous distribution; a grid search needs discrete values")
+        return [_py(v) for v in out]
+
+    def sample(self, rng: np.random.Generator) -> Any:
+        """One random draw (random search)."""
+        if self.kind == "pvalues":
+            values, probs = zip(*self.values)
+            return _py(values[int(rng.choice(len(values), p=np.asarray(probs, dtype=float) / sum(probs)))])
+        if self.discrete:
+            pts = self.points()
+            return _py(pts[int(rng.integers(len(pts)))])
+        a = self.args
+        if self.kind in ("uniform", "quniform"):
+            v = rng.uniform(a[0], a[1])
+        elif self.kind in ("loguniform", "qloguniform"):
+            v = np.exp(rng.uniform(a[0], a[1]))
+        elif self.kind in ("normal", "qnormal"):
+            v = rng.normal(a[0], a[1])
+        else:  # lognormal, qlognormal
+            v = rng.lognormal(a[0], a[1])
+        if self.kind.startswith("q"):
+            q = a[2]
+            v = np.round(v // q) * q
+        return _py(v)
+
+    def to_v1(self) -> dict[str, Any]:
+        kind = {"values": "choice", "pvalues": "pchoice"}.get(self.kind, self.kind)
+        if self.kind == "values":
+            return {"kind": kind, "value": list(self.values)}
+        if self.kind == "pvalues":
+            return {"kind": kind, "value": [list(p) for p in self.values]}
+        return {"kind": kind, "value": ":".join(_fmt(x) for x in self.args)}
+
+
+def _py(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _fmt(x: Any) -> str:
+    return repr(x) if isinstance(x, float) else str(x)
+
+
+@dataclass(frozen=True)
+class EarlyStopping:
+    metric: str
+    value: float
+    optimization: str = "maximize"
+
+    def reached(self, metrics: Mapping[str, Any]) -> bool:
+        v = metrics.get(self.metric)
+        if not isinstance(v, (int, float)):
+            return False
+        return v >= self.value if self.optimization == "maximize" else v <= self.value
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """A search, whatever format it came from."""
+
+    algorithm: str  # "grid", "random" or "single"
+    matrix: dict[str, Distribution] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)  # fixed values (declarations / params)
+    args: tuple[str, ...] = ()  # training flags, possibly with {{ name }} templates
+    n_runs: int | None = None
+    concurrency: int = 1
+    seed: int | None = None
+    early_stopping: tuple[EarlyStopping, ...] = ()
+    name: str = "mnist"
+    source_format: str = "v1"
+
+
+def _number(text: Any, where: str) -> Any:
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        return text
+    try:
+        v = ast.literal_eval(str(text).strip())
+    except (ValueError, SyntaxError):
+        v = None
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        raise SearchError(f"{where}: {text!r} is not a number")
+    return v
+
+
+def parse_distribution(kind: str, value: Any, where: str) -> Distribution:
+    """Build a distribution from Polyaxon's forms: 'a:b:c', [a, b, c] or {name: a, ...}."""
+    kind = _V1_ALIASES.get(kind, kind)
+    if kind == "values":
+        if not isinstance(value, list) or not value:
+            raise SearchError(f"{where}: 'values' needs a non-empty list")
+        return Distribution(kind, values=tuple(value))
+    if kind == "pvalues":
+        if not isinstance(value, list) or not all(isinstance(p, list) and len(p) == 2 for p in value):
+            raise SearchError(f"{where}: 'pvalues' needs a list of [value, probability] pairs")
+        probs = [_number(p[1], where) for p in value]
+        if any(p < 0 for p in probs) or abs(sum(probs) - 1) > 1e-6:
+            raise SearchError(f"{where}: 'pvalues' probabilities must be >= 0 and sum to 1")
+        return Distribution(kind, values=tuple((p[0], pr) for p, pr in zip(value, probs)))
+    names = DISCRETE.get(kind) or CONTINUOUS.get(kind)
+    if names is None:
+        known = ", ".join([*DISCRETE, *CONTINUOUS])
+        raise SearchError(f"{where}: unknown distribution {kind!r}; known: {known}")
+    if isinstance(value, str):
+        parts = value.split(":")
+    elif isinstance(value, list):
+        parts = value
+    elif isinstance(value, dict):
+        extra = set(value) - set(names)
+        if extra:
+            raise SearchError(f"{where}: {kind} takes {', '.join(names)}; unknown {', '.join(sorted(extra))}")
+        parts = [value[n] for n in names if n in value]
+    else:
+        raise SearchError(f"{where}: {kind} expects 'a:b' text, a list or a mapping")
+    required = len(names) - (1 if kind == "logspace" else 0)
+    if len(parts) not in (required, len(names)):
+        raise SearchError(f"{where}: {kind} needs {':'.join(names[:required])}, got {value!r}")
+    args = tuple(_number(p, where) for p in parts)
+    if kind in DISCRETE or kind in ("uniform", "quniform", "loguniform", "qloguniform"):
+        if args[0] >= args[1]:
+            raise SearchError(f"{where}: {kind} needs {names[0]} < {names[1]}, got {value!r}")
+    if kind in ("normal", "qnormal", "lognormal", "qlognormal") and args[1] <= 0:
+        raise SearchError(f"{where}: {kind} needs a positive scale, got {value!r}")
+    if len(args) > 2 and names[2] in ("step", "num", "q") and args[2] <= 0:
+        raise SearchError(f"{where}: {kind} needs a positive {names[2]}, got {value!r}")
+    if kind in ("linspace", "logspace", "geomspace"):
+        if args[2] != int(args[2]):
+            raise SearchError(f"{where}: {kind} needs a whole number of points, got {args[2]}")
+        args = (args[0], args[1], int(args[2]), *args[3:])
+    return Distribution(kind, args=args)
+
+
+def _cmd_args(cmd: Any, where: str) -> tuple[str, ...]:
+    if isinstance(cmd, list):
+        # an argument list (v1 command + args): each item is one argument already
+        words = [str(w) for w in cmd]
+    elif isinstance(cmd, str):
+        # YAML folds "\" + newline continuations into "\ "; templates may hold spaces
+        text = re.sub(r"\\\s+", " ", cmd)
+        slots: list[str] = []
+
+        def hide(m: re.Match[str]) -> str:
+            slots.append(m.group(0))
+            return f"\x00{len(slots) - 1}\x00"
+
+        try:
+            words = shlex.split(_TEMPLATE.sub(hide, text))
+        except ValueError as e:
+            raise SearchError(f"{where}: cannot parse the command ({e})") from None
+        words = [re.sub(r"\x00(\d+)\x00", lambda m: slots[int(m.group(1))], w) for w in words]
+    else:
+        raise SearchError(f"{where}: expected a command string")
+    # "python run.py", "python -m mnistkit.cli.train" or "mnistkit-train" name the 2018 script or ours
+    while words and (not words[0].startswith("-") or words[0] == "-m"):
+        words.pop(0)
+    return tuple(words)
+
+
+def _check_keys(d: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise SearchError(f"{where}: unknown key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
+
+
+def _parse_v0(doc: dict[str, Any], name: str) -> SearchSpec:
+    _check_keys(doc, _V0_TOP, "polyaxonfile")
+    kind = doc.get("kind")
+    if kind not in ("group", "experiment"):
+        raise SearchError(f"polyaxonfile: kind {kind!r} cannot run here; use 'group' or 'experiment'")
+    run = doc.get("run") or {}
+    if not isinstance(run, dict) or "cmd" not in run:
+        raise SearchError("polyaxonfile: run.cmd is missing")
+    declarations = doc.get("declarations") or doc.get("params") or {}
+    if not isinstance(declarations, dict):
+        raise SearchError("polyaxonfile: declarations must be a mapping")
+    args = _cmd_args(run["cmd"], "run.cmd")
+    if kind == "experiment":
+        if "hptuning" in doc:
+            raise SearchError("polyaxonfile: an experiment has no hptuning; use kind: group")
+        return SearchSpec("single", params=dict(declarations), args=args, n_runs=1, name=name, source_format="v0")
+    hp = doc.get("hptuning")
+    if not isinstance(hp, dict):
+        raise SearchError("polyaxonfile: a group needs hptuning")
+    _check_keys(hp, _V0_HPTUNING, "hptuning")
+    for unsupported in ("hyperband", "bo"):
+        if unsupported in hp:
+            raise SearchError(f"hptuning: {unsupported} search is not supported here; use grid_search or random_search")
+    matrix_doc = hp.get("matrix")
+    if not isinstance(matrix_doc, dict) or not matrix_doc:
+        raise SearchError("hptuning: matrix is missing or empty")
+    matrix = {}
+    for key, spec in matrix_doc.items():
+        if not isinstance(spec, dict) or len(spec) != 1:
+            raise SearchError(f"hptuning.matrix.{key}: give exactly one distribution (e.g. linspace: 0.001:0.1:5)")
+        (dist, value), = spec.items()
+        matrix[key] = parse_distribution(dist, value, f"hptuning.matrix.{key}")
+    if "random_search" in hp and "grid_search" in hp:
+        raise SearchError("hptuning: choose one of random_search and grid_search")
+    algorithm, n_runs = "grid", None
+    if "random_search" in hp:
+        algorithm = "random"
+        rs = hp["random_search"] or {}
+        _check_keys(rs, {"n_experiments"}, "hptuning.random_search")
+        if "n_experiments" not in rs:
+            raise SearchError("hptuning.random_search: n_experiments is required")
+        n_runs = int(_number(rs["n_experiments"], "hptuning.random_search.n_experiments"))
+    elif "grid_search" in hp:
+        gs = hp["grid_search"] or {}
+        _check_keys(gs, {"n_experiments"}, "hptuning.grid_search")
+        if "n_experiments" in gs:
+            n_runs = int(_number(gs["n_experiments"], "hptuning.grid_search.n_experiments"))
+    stops = []
+    for i, es in enumerate(hp.get("early_stopping") or []):
+        if not isinstance(es, dict):
+            raise SearchError(f"hptuning.early_stopping[{i}] must be a mapping")
+        _check_keys(es, {"metric", "value", "optimization", "policy"}, f"hptuning.early_stopping[{i}]")
+        stops.append(_early_stop(es, f"hptuning.early_stopping[{i}]"))
+    return SearchSpec(
+        algorithm, matrix=matrix, params=dict(declarations), args=args, n_runs=n_runs,
+        concurrency=int(_number(hp.get("concurrency", 1), "hptuning.concurrency")),
+        seed=hp.get("seed"), early_stopping=tuple(stops), name=name, source_format="v0",
+    )
+
+
+def _early_stop(es: Mapping[str, Any], where: str) -> EarlyStopping:
+    if "metric" not in es or "value" not in es:
+        raise SearchError(f"{where}: needs metric and value")
+    opt = str(es.get("optimization", "maximize")).lower()
+    if opt not in ("maximize", "minimize"):
+        raise SearchError(f"{where}: optimization must be maximize or minimize")
+    return EarlyStopping(str(es["metric"]), float(_number(es["value"], where)), opt)
+
+
+def _parse_v1(doc: dict[str, Any], name: str) -> SearchSpec:
+    _check_keys(doc, _V1_TOP, "polyaxonfile")
+    kind = doc.get("kind")
+    component = doc if kind == "component" else doc.get("component")
+    if kind not in ("operation", "component") or not isinstance(component, dict):
+        raise SearchError("polyaxonfile: expected kind: operation with an inline component, or kind: component")
+    run = component.get("run") or {}
+    container = run.get("container") if isinstance(run, dict) else None
+    if not isinstance(container, dict):
+        raise SearchError("polyaxonfile: component.run.container is missing")
+    args = _cmd_args([*(container.get("command") or []), *(container.get("args") or [])], "component.run.container")
+    params: dict[str, Any] = {}
+    for inp in component.get("inputs") or []:
+        if isinstance(inp, dict) and "value" in inp:
+            params[inp["name"]] = inp["value"]
+    for key, p in (doc.get("params") or {}).items():
+        if not isinstance(p, dict) or "value" not in p:
+            raise SearchError(f"params.{key}: expected {{value: ...}}")
+        params[key] = p["value"]
+    matrix_doc = doc.get("matrix") if kind == "operation" else None
+    if not matrix_doc:
+        return SearchSpec("single", params=params, args=args, n_runs=1, name=doc.get("name") or name)
+    mkind = matrix_doc.get("kind")
+    if mkind not in ("grid", "random"):
+        raise SearchError(f"matrix.kind {mkind!r} is not supported here; use grid or random")
+    _check_keys(matrix_doc, {"kind", "params", "numRuns", "concurrency", "seed", "earlyStopping"}, "matrix")
+    matrix = {}
+    for key, spec in (matrix_doc.get("params") or {}).items():
+        if not isinstance(spec, dict) or "kind" not in spec or "value" not in spec:
+            raise SearchError(f"matrix.params.{key}: expected {{kind: ..., value: ...}}")
+        matrix[key] = parse_distribution(spec["kind"], spec["value"], f"matrix.params.{key}")
+    if not matrix:
+        raise SearchError("matrix.params is empty")
+    if mkind == "random" and "numRuns" not in matrix_doc:
+        raise SearchError("matrix: a random matrix needs numRuns")
+    stops = []
+    for i, es in enumerate(matrix_doc.get("earlyStopping") or []):
+        stops.append(_early_stop(es, f"matrix.earlyStopping[{i}]"))
+    n = matrix_doc.get("numRuns")
+    return SearchSpec(
+        mkind, matrix=matrix, params=params, args=args, n_runs=int(n) if n is not None else None,
+        concurrency=int(matrix_doc.get("concurrency", 1)), seed=matrix_doc.get("seed"),
+        early_stopping=tuple(stops), name=doc.get("name") or name,
+    )
+
+
+def parse_polyaxonfile(doc: Any, name: str = "mnist") -> SearchSpec:
+    """Parse an already-loaded polyaxonfile of either format."""
+    if not isinstance(doc, dict):
+        raise SearchError("polyaxonfile: expected a YAML mapping at the top")
+    version = doc.get("version")
+    if doc.get("kind") in ("group", "experiment") or version in (1, "1") and "hptuning" in doc:
+        spec = _parse_v0(doc, name)
+    else:
+        spec = _parse_v1(doc, name)
+    if spec.concurrency < 1:
+        raise SearchError("concurrency must be at least 1")
+    if spec.n_runs is not None and spec.n_runs < 1:
+        raise SearchError("the number of experiments must be at least 1")
+    if spec.algorithm == "grid":
+        for key, dist in spec.matrix.items():
+            if not dist.discrete:
+                raise SearchError(f"matrix.{key}: {dist.kind} is continuous; a grid search needs discrete values (values, range, linspace, logspace, geomspace)")
+    used = {m.split(".")[0] for a in spec.args for m in _TEMPLATE.findall(a)}
+    missing = sorted(used - set(spec.matrix) - set(spec.params) - {"globals"})
+    if missing:
+        raise SearchError(f"the command uses {', '.join('{{ ' + m + ' }}' for m in missing)} but nothing declares it")
+    return spec
+
+
+def read_polyaxonfile(path: str | Path) -> SearchSpec:
+    """Read a polyaxonfile (2018 v0.x or current v1.1 format)."""
+    p = Path(path)
+    try:
+        doc = yaml.safe_load(p.read_text())
+    except OSError as e:
+        raise SearchError(f"cannot read {p}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise SearchError(f"{p} is not valid YAML{where}") from None
+    return parse_polyaxonfile(doc, name=re.sub(r"[^a-z0-9-]+", "-", p.stem.lower()).strip("-") or "mnist")
+
+
+def render(args: tuple[str, ...], values: Mapping[str, Any]) -> list[str]:
+    """Fill ``{{ name }}`` templates in command arguments."""
+
+    def sub(m: re.Match[str]) -> str:
+        key = m.group(1)
+        if key.startswith("globals."):
+            return ""
+        if key not in values:
+            raise SearchError(f"the command uses {{{{ {key} }}}} but nothing declares it")
+        return str(values[key])
+
+    return [_TEMPLATE.sub(sub, a) for a in args]
+
+
+_INPUT_TYPES = {bool: "bool", int: "int", float: "float", str: "str"}
+
+
+_OUTPUT_FLAGS = ("--output-dir", "--run-name")
+
+
+def without_output_flags(args: tuple[str, ...] | list[str]) -> list[str]:
+    """Drop --output-dir/--run-name (and their values): where runs go is decided by the runner."""
+    out: list[str] = []
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a in _OUTPUT_FLAGS:
+            skip = True
+            continue
+        if a.split("=", 1)[0] in _OUTPUT_FLAGS:
+            continue
+        out.append(a)
+    return out
+
+
+def write_v1(spec: SearchSpec, path: str | Path, *, image: str, extra_args: tuple[str, ...] = (),
+             volumes: Mapping[str, str] | None = None) -> Path:
+    """Write ``spec`` as a current polyaxonfile: an operation with a matrix whose job runs
+    ``mnistkit-train`` in ``image`` with the spec's own flags. ``volumes`` maps PVC claim
+    names to mount paths."""
+    names = list(spec.matrix) + [k for k in spec.params if k not in spec.matrix]
+    inputs = []
+    for key in names:
+        sample = spec.params.get(key)
+        if key in spec.matrix:
+            d = spec.matrix[key]
+            sample = d.points()[0] if d.discrete else d.args[0]
+        typ = _INPUT_TYPES.get(type(sample), "str")
+        entry: dict[str, Any] = {"name": key, "type": typ}
+        if key not in spec.matrix:
+            entry.update(value=spec.params[key], isOptional=True)
+        inputs.append(entry)
+    args = [*without_output_flags(spec.args), *extra_args, "--output-dir={{ globals.run_outputs_path }}", "--run-name=model"]
+    container: dict[str, Any] = {"image": image, "command": ["mnistkit-train"], "args": args}
+    job: dict[str, Any] = {"kind": "job", "container": container}
+    if volumes:
+        container["volumeMounts"] = [{"name": c, "mountPath": m} for c, m in volumes.items()]
+        job["volumes"] = [{"name": c, "persistentVolumeClaim": {"claimName": c}} for c in volumes]
+    doc: dict[str, Any] = {"version": 1.1, "kind": "operation", "name": spec.name}
+    if spec.algorithm in ("grid", "random"):
+        matrix: dict[str, Any] = {"kind": spec.algorithm}
+        if spec.n_runs:
+            matrix["numRuns"] = spec.n_runs
+        matrix["concurrency"] = spec.concurrency
+        if spec.algorithm == "random" and spec.seed is not None:
+            matrix["seed"] = spec.seed
+        matrix["params"] = {k: d.to_v1() for k, d in spec.matrix.items()}
+        if spec.early_stopping:
+            matrix["earlyStopping"] = [
+                {"kind": "metric_early_stopping", "metric": e.metric, "value": e.value, "optimization": e.optimization}
+                for e in spec.early_stopping
+            ]
+        doc["matrix"] = matrix
+    doc["component"] = {"version": 1.1, "kind": "component", "name": "mnistkit-train", "inputs": inputs, "run": job}
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return out

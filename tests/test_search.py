@@ -1,0 +1,237 @@
+"""Hyper-parameter groups: the 2018 polyaxonfile and the current format, run for real
+(size-capped), plus the export checked by the real `polyaxon check`."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from conftest import REPO
+from mnistkit.cli.train import main as train_main
+from mnistkit.errors import SearchError
+from mnistkit.polyaxonfile import parse_polyaxonfile, read_polyaxonfile, write_v1
+from mnistkit.search import SearchConfig, plan_trials, read_best, run_group
+
+SEED_FILE = REPO / "examples" / "polyaxon" / "polyaxonfile_hyperparams.yml"
+CAPS = dict(train_samples=600, test_samples=500, max_epochs=1)
+
+
+def seed_doc():
+    return yaml.safe_load(SEED_FILE.read_text())
+
+
+def polyaxon_check(path):
+    exe = shutil.which("polyaxon") or os.path.join(os.path.dirname(sys.executable), "polyaxon")
+    return subprocess.run([exe, "check", "-f", str(path)], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def seed_group(tmp_path_factory):
+    out = tmp_path_factory.mktemp("groups")
+    return run_group(read_polyaxonfile(SEED_FILE), SearchConfig(output_dir=str(out), group_name="seed", concurrency=2, **CAPS))
+
+
+def test_the_2018_file_runs_ten_trials_from_its_space(seed_group):
+    trials = seed_group.trials
+    assert len(trials) == 10 and all(t.status == "done" for t in trials)
+    grid = np.linspace(0.001, 0.1, 5)
+    assert all(np.isclose(grid, t.params["lr"]).any() for t in trials)
+    assert all(0.5 <= t.params["momentum"] <= 0.6 for t in trials)
+    assert all(t.params["batch_size_train"] == 128 for t in trials)
+    # each trial ran mnistkit's training with the file's flags and the caps
+    config = json.loads((seed_group.group_dir / "trials" / "trial-000" / "config.json").read_text())["config"]
+    assert config["batch_size"] == 128 and config["test_batch_size"] == 1000 and config["epochs"] == 1
+    assert config["lr"] == trials[0].params["lr"] and config["train_samples"] == 600
+
+
+def test_concurrency_is_respected(seed_group):
+    spans = [(t.started, t.ended) for t in seed_group.trials]
+    for start, _ in spans:
+        alive = sum(s <= start < e for s, e in spans)
+        assert alive <= 2
+    assert max(sum(s <= start < e for s, e in spans) for start, _ in spans) == 2  # it did run two at once
+
+
+def test_best_is_the_argmax_and_recorded(seed_group):
+    best = read_best(seed_group.group_dir)
+    accs = {t.name: t.metrics["test_accuracy"] for t in seed_group.trials}
+    assert best["value"] == max(accs.values()) and accs[best["trial"]] == best["value"]
+    from mnistkit.artifact import load_model
+
+    assert load_model(best["artifact"]).sha256 == best["artifact_sha256"]
+    rows = json.loads((seed_group.group_dir / "trials.json").read_text())
+    assert [r["trial"] for r in rows] == [f"trial-{i:03d}" for i in range(10)]
+    csv_lines = (seed_group.group_dir / "trials.csv").read_text().splitlines()
+    assert csv_lines[0].startswith("trial,status") and len(csv_lines) == 11
+
+
+def test_sampling_is_reproducible_and_follows_the_seed():
+    spec = read_polyaxonfile(SEED_FILE)
+    assert plan_trials(spec, seed=5) == plan_trials(spec, seed=5)
+    assert plan_trials(spec, seed=5) != plan_trials(spec, seed=6)
+
+
+def test_grid_is_the_full_product():
+    doc = seed_doc()
+    del doc["hptuning"]["random_search"]
+    doc["hptuning"]["grid_search"] = None
+    doc["hptuning"]["matrix"] = {"lr": {"values": [0.01, 0.1]}, "momentum": {"linspace": "0.5:0.9:3"},
+                                 "batch_size_train": {"range": [32, 129, 32]}}
+    plans = plan_trials(parse_polyaxonfile(doc))
+    assert len(plans) == 2 * 3 * 4
+    assert {(p["lr"], p["momentum"], p["batch_size_train"]) for p in plans} == {
+        (a, b, c) for a in (0.01, 0.1) for b in (0.5, 0.7, 0.9) for c in (32, 64, 96, 128)}
+
+
+@pytest.mark.parametrize("kind, value, check", [
+    ("linspace", "0.001:0.1:5", lambda v: np.isclose(np.linspace(0.001, 0.1, 5), v).any()),
+    ("logspace", "-3:-1:3", lambda v: np.isclose([1e-3, 1e-2, 1e-1], v).any()),
+    ("geomspace", [1, 8, 4], lambda v: np.isclose([1, 2, 4, 8], v).any()),
+    ("quniform", "0:1:0.25", lambda v: v in (0, 0.25, 0.5, 0.75)),
+    ("loguniform", "-3:0", lambda v: np.exp(-3) <= v <= 1),  # Polyaxon: exp of a uniform draw
+    ("normal", "0:1", lambda v: -10 < v < 10),
+    ("lognormal", {"loc": 0, "scale": 0.5}, lambda v: v > 0),
+    ("pvalues", [[1, 0.5], [2, 0.5]], lambda v: v in (1, 2)),
+])
+def test_distributions(kind, value, check):
+    doc = seed_doc()
+    doc["hptuning"]["matrix"]["lr"] = {kind: value}
+    doc["hptuning"]["random_search"]["n_experiments"] = 25
+    values = [p["lr"] for p in plan_trials(parse_polyaxonfile(doc))]
+    assert all(check(v) for v in values), values
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda d: d["hptuning"]["matrix"].update(lr={"zipf": "1:2"}), "unknown distribution 'zipf'"),
+    (lambda d: d["hptuning"].update(grid_search=None) or d["hptuning"].pop("random_search"), "momentum: uniform is continuous"),
+    (lambda d: d.update(hptunning=d.pop("hptuning")), "unknown key hptunning"),
+    (lambda d: d["hptuning"]["matrix"].update(lr={"linspace": "0.1:0.001:5"}), "needs start < stop"),
+    (lambda d: d["hptuning"]["matrix"].update(lr={"linspace": "0.1:x:5"}), "'x' is not a number"),
+    (lambda d: d["hptuning"]["random_search"].pop("n_experiments"), "n_experiments is required"),
+    (lambda d: d["run"].update(cmd="python run.py --lr={{ lrr }}"), "{{ lrr }} but nothing declares it"),
+    (lambda d: d["hptuning"].update(hyperband={}), "hyperband search is not supported"),
+])
+def test_malformed_files_are_clear_errors(mutate, message):
+    doc = seed_doc()
+    mutate(doc)
+    with pytest.raises(SearchError, match=message.replace("{", "\\{").replace("}", "\\}")):
+        parse_polyaxonfile(doc)
+
+
+def test_unknown_training_flag_fails_before_anything_runs(tmp_path):
+    doc = seed_doc()
+    doc["run"]["cmd"] = "python run.py --lr={{ lr }} --momentum={{ momentum }} --warmup=3"
+    f = tmp_path / "bad.yml"
+    f.write_text(yaml.safe_dump(doc))
+    r = CliRunner(mix_stderr=False).invoke(train_main, ["-f", str(f), "--output-dir", str(tmp_path / "out")])
+    assert r.exit_code == 1
+    assert r.stderr.strip().splitlines() == ["Error: the training command is not valid for mnistkit-train: No such option: --warmup"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_yaml_errors_and_missing_files(tmp_path):
+    (tmp_path / "broken.yml").write_text("kind: group\nhptuning: [\n")
+    with pytest.raises(SearchError, match="not valid YAML at line"):
+        read_polyaxonfile(tmp_path / "broken.yml")
+    with pytest.raises(SearchError, match="cannot read"):
+        read_polyaxonfile(tmp_path / "none.yml")
+
+
+def test_failing_trial_is_recorded_and_the_group_completes(tmp_path):
+    doc = seed_doc()
+    doc["hptuning"]["matrix"] = {"lr": {"values": [0.1, 1.0e6]}, "momentum": {"values": [0.5]}}  # 1e6 diverges
+    doc["hptuning"].pop("random_search")
+    doc["hptuning"]["grid_search"] = None
+    result = run_group(parse_polyaxonfile(doc), SearchConfig(output_dir=str(tmp_path), group_name="g", **CAPS))
+    status = {t.params["lr"]: t for t in result.trials}
+    assert status[0.1].status == "done"
+    assert status[1e6].status == "failed" and "diverged" in status[1e6].error
+    assert result.best is status[0.1]
+    rows = json.loads((tmp_path / "g" / "trials.json").read_text())
+    assert rows[1]["status"] == "failed" and "diverged" in rows[1]["error"]
+
+
+def test_every_trial_failing_fails_the_command(tmp_path):
+    doc = seed_doc()
+    doc["hptuning"]["matrix"] = {"lr": {"values": [1.0e6]}, "momentum": {"values": [0.5]}}
+    doc["hptuning"]["random_search"]["n_experiments"] = 1
+    f = tmp_path / "bad.yml"
+    f.write_text(yaml.safe_dump(doc))
+    r = CliRunner(mix_stderr=False).invoke(train_main, ["-f", str(f), "--output-dir", str(tmp_path), "--train-samples", "300",
+                                                         "--test-samples", "300", "--max-epochs", "1", "-q"])
+    assert r.exit_code == 1 and r.stderr.startswith("Error: every trial failed (training diverged")
+
+
+def test_early_stopping_stops_the_group(tmp_path):
+    doc = seed_doc()
+    doc["hptuning"]["early_stopping"] = [{"metric": "test_accuracy", "value": 0.0, "optimization": "maximize"}]
+    result = run_group(parse_polyaxonfile(doc), SearchConfig(output_dir=str(tmp_path), group_name="es", concurrency=1, **CAPS))
+    assert [t.status for t in result.trials][:1] == ["done"]
+    assert all(t.status == "stopped" and "early stopping" in t.error for t in result.trials[1:])
+
+
+def test_current_format_runs_and_resumes(tmp_path):
+    doc = {
+        "version": 1.1, "kind": "operation", "name": "mnist",
+        "matrix": {"kind": "grid", "concurrency": 2, "params": {"lr": {"kind": "choice", "value": [0.05, 0.1]}}},
+        "params": {"momentum": {"value": 0.5}},
+        "component": {"kind": "component", "inputs": [{"name": "lr", "type": "float"}, {"name": "momentum", "type": "float"}],
+                      "run": {"kind": "job", "container": {"image": "x", "command": ["mnistkit-train"],
+                                                          "args": ["--lr={{ lr }}", "--momentum={{ momentum }}",
+                                                                   "--output-dir={{ globals.run_outputs_path }}"]}}},
+    }
+    f = tmp_path / "op.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    assert polyaxon_check(f).returncode == 0  # the real client accepts our test file too
+    config = SearchConfig(output_dir=str(tmp_path), group_name="v1", **CAPS)
+    first = run_group(read_polyaxonfile(f), config)
+    assert sorted(t.params["lr"] for t in first.trials) == [0.05, 0.1]
+    again = run_group(read_polyaxonfile(f), config)  # finished trials are reused, not re-run
+    assert [t.artifact_sha256 for t in again.trials] == [t.artifact_sha256 for t in first.trials]
+
+
+def test_export_passes_the_real_polyaxon_check_and_a_broken_one_fails(tmp_path):
+    spec = read_polyaxonfile(SEED_FILE)
+    out = write_v1(spec, tmp_path / "polyaxonfile.yaml", image="localhost:5000/mnistkit/builder:0.1.0",
+                   extra_args=("--train-samples=2000",), volumes={"mnistkit-data": "/data"})
+    r = polyaxon_check(out)
+    assert r.returncode == 0 and "Polyaxonfile valid" in r.stdout, r.stdout + r.stderr
+    doc = yaml.safe_load(out.read_text())
+    assert doc["matrix"]["kind"] == "random" and doc["matrix"]["numRuns"] == 10
+    assert doc["matrix"]["params"]["lr"] == {"kind": "linspace", "value": "0.001:0.1:5"}
+    assert doc["component"]["run"]["container"]["command"] == ["mnistkit-train"]
+    assert "--lr={{ lr }}" in doc["component"]["run"]["container"]["args"]
+    doc["matrix"]["numRun"] = doc["matrix"].pop("numRuns")  # a typo
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(yaml.safe_dump(doc))
+    assert polyaxon_check(broken).returncode != 0
+    # the exported file reads back as the same search
+    back = read_polyaxonfile(out)
+    assert back.matrix == spec.matrix and back.n_runs == 10
+
+
+def test_ctrl_c_keeps_finished_trials(tmp_path):
+    cmd = [sys.executable, "-m", "mnistkit.cli.train", "-f", str(SEED_FILE), "--output-dir", str(tmp_path),
+           "--group-name", "cc", "--concurrency", "1", "--train-samples", "600", "--test-samples", "500", "--max-epochs", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    table = tmp_path / "cc" / "trials.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (table.exists() and '"done"' in table.read_text()):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    rows = json.loads(table.read_text())
+    assert rows[0]["status"] == "done"
+    assert any(r["status"] == "stopped" for r in rows) and not any(r["status"] == "running" for r in rows)
+    assert read_best(tmp_path / "cc")["trial"] == "trial-000"
