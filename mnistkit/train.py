@@ -147,7 +147,7 @@ def _use_bf16(config: TrainConfig, device: torch.device) -> bool:
 def _make_optimizer(config: TrainConfig, net: Network, steps_per_epoch: int) -> tuple[torch.optim.Optimizer, Any, bool]:
     params = net.parameters()
     if config.optimizer == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay, foreach=True)
     elif config.optimizer == "adam":
         opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
     else:
@@ -255,11 +255,12 @@ def fit(
             t0 = time.perf_counter()
             net.train()
             perm = torch.randperm(n_train, generator=gen).to(device)
+            # one gather per epoch; batches are then views, not per-batch copies
+            xs, ys = x_train[perm].contiguous(memory_format=torch.channels_last), y_train[perm]
             loss_sum = torch.zeros((), dtype=torch.float64, device=device)
             for b, i in enumerate(range(0, n_train, config.batch_size)):
-                idx = perm[i : i + config.batch_size]
-                xb = x_train[idx].contiguous(memory_format=torch.channels_last)
-                yb = y_train[idx]
+                xb = xs[i : i + config.batch_size]
+                yb = ys[i : i + config.batch_size]
                 opt.zero_grad(set_to_none=True)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                     out = net(xb)
@@ -268,9 +269,9 @@ def fit(
                 opt.step()
                 if per_batch:
                     sched.step()
-                loss_sum += loss.detach() * len(idx)
+                loss_sum += loss.detach() * len(yb)
                 if log.isEnabledFor(logging.DEBUG) and b % config.log_interval == 0:
-                    log.debug("epoch %d [%d/%d] loss %.6f", epoch, i + len(idx), n_train, loss.item())
+                    log.debug("epoch %d [%d/%d] loss %.6f", epoch, i + len(yb), n_train, loss.item())
             if sched is not None and not per_batch:
                 sched.step()
             train_loss = float(loss_sum) / n_train

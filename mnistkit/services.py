@@ -1,0 +1,173 @@
+"""The embedded local services: a dockerd and a registry with htpasswd auth, each under
+one folder, on loopback. For one machine only; past it, use a real engine and registry.
+
+Both are started in their own process session and stopped by ``stop()`` only when this
+process started them; a dockerd already answering on the folder's socket is reused.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import PackagingError, PushError
+
+__all__ = ["LocalDocker", "LocalRegistry"]
+
+
+def _which(name: str, package: str) -> str:
+    path = shutil.which(name) or next((p for p in (f"/usr/sbin/{name}", f"/usr/bin/{name}") if os.path.exists(p)), None)
+    if not path:
+        raise PackagingError(f"{name} is not installed; apt-get install {package} (make test/demo do this)")
+    return path
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, pid: int | None = None, timeout: float = 20) -> None:
+    pid = proc.pid if proc else pid
+    if not pid:
+        return
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@dataclass
+class LocalDocker:
+    """A dockerd whose data, exec root, pidfile and socket all live under ``root``."""
+
+    root: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "docker.sock"
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.socket}"
+
+    def client(self, timeout: int = 600):  # type: ignore[no-untyped-def]
+        import docker
+
+        return docker.DockerClient(base_url=self.host, timeout=timeout)
+
+    def _answers(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            return bool(self.client(timeout=5).ping())
+        except Exception:  # docker raises several types for a dead socket
+            return False
+
+    def start(self, timeout: float = 60) -> "LocalDocker":
+        self.root = Path(self.root).resolve()
+        if self._answers():
+            return self
+        dockerd = _which("dockerd", "docker.io")
+        self.root.mkdir(parents=True, exist_ok=True)
+        # /exec must be short: unix socket paths are limited to 108 bytes
+        exec_root = Path("/run/mnistkit") / str(abs(hash(str(self.root))) % 10**8)
+        exec_root.mkdir(parents=True, exist_ok=True)
+        self.socket.unlink(missing_ok=True)
+        log = open(self.root / "dockerd.log", "ab")
+        self.proc = subprocess.Popen(
+            [dockerd, "--data-root", str(self.root / "data"), "--exec-root", str(exec_root),
+             "--pidfile", str(self.root / "dockerd.pid"), "--host", self.host, "--storage-driver", "overlay2",
+             "--iptables=false", "--ip6tables=false", "--bridge=none"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                tail = (self.root / "dockerd.log").read_text(errors="replace").splitlines()[-3:]
+                raise PackagingError(f"dockerd exited at start: {' | '.join(tail)}")
+            if self._answers():
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise PackagingError(f"dockerd did not answer on {self.socket} within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+
+
+@dataclass
+class LocalRegistry:
+    """``docker-registry`` (Distribution) on 127.0.0.1:``port`` with htpasswd auth."""
+
+    root: Path
+    port: int
+    username: str
+    password: str
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _status(self) -> int | None:
+        try:
+            with urllib.request.urlopen(f"http://{self.address}/v2/", timeout=2) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+        except OSError:
+            return None
+
+    def start(self, timeout: float = 30) -> "LocalRegistry":
+        registry = _which("docker-registry", "docker-registry")
+        htpasswd = _which("htpasswd", "apache2-utils")
+        self.root = Path(self.root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self._status() is not None:
+            raise PushError(f"port {self.port} is already in use; choose another registry port")
+        # the password goes to htpasswd on stdin, never on a command line
+        out = subprocess.run([htpasswd, "-iBn", self.username], input=self.password.encode(), capture_output=True, check=True)
+        (self.root / "htpasswd").write_bytes(out.stdout)
+        (self.root / "config.yml").write_text(
+            "version: 0.1\n"
+            "log: {level: warn}\n"
+            f"storage: {{filesystem: {{rootdirectory: {self.root / 'data'}}}, delete: {{enabled: true}}}}\n"
+            f"http: {{addr: '{self.address}'}}\n"
+            f"auth: {{htpasswd: {{realm: mnistkit, path: {self.root / 'htpasswd'}}}}}\n"
+        )
+        log = open(self.root / "registry.log", "ab")
+        self.proc = subprocess.Popen([registry, "serve", str(self.root / "config.yml")], stdout=log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise PushError(f"docker-registry exited at start; see {self.root / 'registry.log'}")
+            if self._status() == 401:
+                return self
+            time.sleep(0.1)
+        self.stop()
+        raise PushError(f"the registry did not answer on {self.address} within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
