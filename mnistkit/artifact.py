@@ -23,14 +23,16 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
-
-import torch
+from typing import TYPE_CHECKING, Any, Mapping
 
 from . import __version__
 from .data import MEAN, PIXEL_MAX, STD
 from .errors import ArtifactError
-from .network import NETWORK_CONFIG, Network
+
+if TYPE_CHECKING:  # torch is imported only by the functions that make tensors
+    import torch
+
+    from .network import Network
 
 __all__ = ["FORMAT", "Model", "save_artifact", "load_model", "import_legacy", "artifact_dir", "sha256_file"]
 
@@ -43,7 +45,7 @@ PREPROCESSING = {"scale": PIXEL_MAX, "mean": MEAN, "std": STD, "layout": "NCHW",
 class Model:
     """A verified, loaded artifact: the network in eval mode and what the manifest says."""
 
-    network: Network
+    network: "Network"
     manifest: dict[str, Any]
     sha256: str
     path: Path
@@ -73,14 +75,17 @@ def _atomic_write(path: Path, data: bytes) -> None:
 
 def save_artifact(
     directory: str | os.PathLike[str],
-    state_dict: Mapping[str, torch.Tensor],
+    state_dict: Mapping[str, "torch.Tensor"],
     *,
     train_config: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
     run: Mapping[str, Any] | None = None,
 ) -> str:
     """Write an artifact into ``directory`` atomically; return its sha256."""
+    import torch
     from safetensors.torch import save
+
+    from .network import NETWORK_CONFIG
 
     out = Path(directory)
     try:
@@ -174,6 +179,8 @@ def load_model(path: str | os.PathLike[str], *, device: str = "cpu") -> Model:
     """Load a verified artifact. Refuses pickles, missing files and checksum mismatches."""
     from safetensors.torch import load_file
 
+    from .network import Network
+
     manifest, digest, folder = read_manifest(path)
     net = Network()
     try:
@@ -191,6 +198,10 @@ def import_legacy(model_dat: str | os.PathLike[str], directory: str | os.PathLik
     Loaded with ``torch.load(weights_only=True)``: a pickle that would run code is
     refused, never executed. Returns the new artifact's sha256.
     """
+    import torch
+
+    from .network import Network
+
     src = Path(model_dat)
     if not src.is_file():
         raise ArtifactError(f"no file at {src}")

@@ -16,10 +16,12 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import DataError
+
+if TYPE_CHECKING:  # torch loads only where tensors are made, so packaging stays light
+    import torch
 
 __all__ = [
     "MEAN",
@@ -57,6 +59,8 @@ def preprocess(pixels: torch.Tensor) -> torch.Tensor:
     Seldon model class both call it, so they cannot drift apart (the 2018 pipeline
     forgot the division by 255 at serving time).
     """
+    import torch
+
     x = pixels.to(torch.float32)
     if x.dim() == 2:
         x = x.unsqueeze(0)
@@ -69,10 +73,10 @@ def preprocess(pixels: torch.Tensor) -> torch.Tensor:
 class MNISTData:
     """The whole data set in memory: raw uint8 images and int64 labels."""
 
-    train_images: torch.Tensor  # (60000, 28, 28) uint8
-    train_labels: torch.Tensor  # (60000,) int64
-    test_images: torch.Tensor  # (10000, 28, 28) uint8
-    test_labels: torch.Tensor  # (10000,) int64
+    train_images: "torch.Tensor"  # (60000, 28, 28) uint8
+    train_labels: "torch.Tensor"  # (60000,) int64
+    test_images: "torch.Tensor"  # (10000, 28, 28) uint8
+    test_labels: "torch.Tensor"  # (10000,) int64
 
 
 def _repo_data_dir() -> Path:

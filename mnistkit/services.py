@@ -16,10 +16,11 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .errors import PackagingError, PushError
 
-__all__ = ["LocalDocker", "LocalRegistry"]
+__all__ = ["LocalDocker", "LocalRegistry", "connect_docker", "mnistkit_home"]
 
 
 def _which(name: str, package: str) -> str:
@@ -171,3 +172,33 @@ class LocalRegistry:
         if self.proc is not None:
             _stop(self.proc)
             self.proc = None
+
+
+def connect_docker(docker_host: str | None = None, *, home: Path | None = None) -> tuple[Any, LocalDocker | None]:
+    """A docker client: ``docker_host`` or ``$DOCKER_HOST`` if given, else the machine's
+    engine at /var/run/docker.sock if it answers, else an embedded dockerd under
+    ``home``/docker (started here; the caller stops it). Returns (client, embedded or None)."""
+    import docker
+
+    host = docker_host or os.environ.get("DOCKER_HOST")
+    if host:
+        try:
+            client = docker.DockerClient(base_url=host, timeout=600)
+            client.ping()
+        except docker.errors.DockerException as e:
+            raise PackagingError(f"cannot reach the docker engine at {host}: {type(e).__name__}") from None
+        return client, None
+    if os.path.exists("/var/run/docker.sock"):
+        try:
+            client = docker.DockerClient(base_url="unix:///var/run/docker.sock", timeout=600)
+            client.ping()
+            return client, None
+        except docker.errors.DockerException:
+            pass
+    local = LocalDocker(Path(home or mnistkit_home()) / "docker").start()
+    return local.client(), local
+
+
+def mnistkit_home() -> Path:
+    """Where embedded services keep their state: ``$MNISTKIT_HOME`` or ``~/.mnistkit``."""
+    return Path(os.environ.get("MNISTKIT_HOME") or Path.home() / ".mnistkit")
