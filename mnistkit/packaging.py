@@ -116,6 +116,7 @@ def make_source_folder(source: ModelSource, dest: str | os.PathLike[str], *, mod
     wheel = mnistkit_wheel(wheel_cache or Path(tempfile.gettempdir()) / "mnistkit-wheels")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    os.chmod(tmp, 0o755)
     try:
         (tmp / f"{model_name}.py").write_text(MODEL_MODULE.format(name=model_name))
         model = tmp / "model"

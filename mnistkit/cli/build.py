@@ -1,8 +1,127 @@
-"""mnistkit-build (placeholder until the build issue lands)."""
+"""mnistkit-build: package a trained model as a Seldon image (s2i contract, docker SDK),
+push it, and build the builder images."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
 import click
 
+from ._common import errors_to_exit, setup_logging, verbosity
 
-@click.command()
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class DefaultGroup(click.Group):
+    """``mnistkit-build SOURCE ...`` means ``mnistkit-build image SOURCE ...``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["image", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=DefaultGroup, context_settings=CONTEXT)
 def main() -> None:
-    """Package a trained model as a Seldon image (not yet implemented)."""
-    click.echo("not yet implemented")
+    """Package a trained model as a Seldon Core image, push it, write cluster resources.
+
+    \b
+      mnistkit-build SOURCE --image NAME:TAG [--smoke-test] [--push]
+      mnistkit-build builder              build mnistkit's s2i builder image
+      mnistkit-build manifests SOURCE     write SeldonDeployment, Argo Workflow, polyaxonfile, PVCs
+
+    SOURCE is a run folder, a model folder, or a search group folder (its best trial).
+    """
+
+
+def _engine(docker_host: str | None) -> tuple[Any, Any]:
+    from ..services import connect_docker
+
+    return connect_docker(docker_host)
+
+
+@main.command("image", context_settings=CONTEXT)
+@click.argument("source", type=click.Path())
+@click.option("--image", help="Image NAME:TAG (default mnistkit/mnist:<artifact sha256[:12]>).")
+@click.option("--builder", help="s2i builder image (default mnistkit/builder:<version>).")
+@click.option("--model-name", default="MnistModel", show_default=True, help="MODEL_NAME of the Seldon component.")
+@click.option("--source-only", type=click.Path(), help="Only write the s2i source folder to this path (for the real s2i elsewhere).")
+@click.option("--use-s2i", is_flag=True, help="Build with the s2i binary on PATH instead of the docker SDK.")
+@click.option("--smoke-test/--no-smoke-test", default=False, show_default=True, help="Run the image and compare its predictions with the model's.")
+@click.option("--push", is_flag=True, help="Push the image to its registry.")
+@click.option("--username", envvar="MNISTKIT_REGISTRY_USERNAME", help="Registry user [env MNISTKIT_REGISTRY_USERNAME]; default: the docker config file.")
+@click.option("--password-stdin", is_flag=True, help="Read the registry password from standard input.")
+@click.option("--docker-host", help="Docker engine URL (default $DOCKER_HOST, the machine's engine, or an embedded dockerd).")
+@click.option("--work-dir", type=click.Path(file_okay=False), help="Where temporary build files go.")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
+@verbosity
+@errors_to_exit
+def image_cmd(source: str, image: str | None, builder: str | None, model_name: str, source_only: str | None,
+              use_s2i: bool, smoke_test: bool, push: bool, username: str | None, password_stdin: bool,
+              docker_host: str | None, work_dir: str | None, as_json: bool, verbose: int, quiet: bool) -> None:
+    """Build the Seldon image for SOURCE by the s2i contract; optionally smoke-test and push it."""
+    setup_logging(verbose, quiet)
+    from ..builder import BUILDER_IMAGE
+    from ..image import BuildConfig, build_model
+    from ..services import mnistkit_home
+
+    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
+    config = BuildConfig(source=source, image=image, builder=builder or BUILDER_IMAGE, model_name=model_name,
+                         source_only=source_only, use_s2i=use_s2i, smoke_test=smoke_test, push=push,
+                         username=username, password=password,
+                         work_dir=work_dir or str(mnistkit_home() / "work")).validate()
+    if source_only:
+        summary = build_model(config)
+    else:
+        client, embedded = _engine(docker_host)
+        try:
+            summary = build_model(config, client)
+        finally:
+            if embedded:
+                embedded.stop()
+    if as_json:
+        click.echo(json.dumps(summary.to_json(), indent=2))
+        return
+    if summary.source:
+        click.echo(f"s2i source folder: {summary.source}")
+        return
+    click.echo(f"image {summary.image} ({(summary.size or 0) / 1e6:.0f} MB) built in {summary.build_seconds:.1f}s")
+    if summary.smoke:
+        click.echo(f"smoke test: {summary.smoke['images']} digits, same predictions as the model "
+                   f"(max difference {summary.smoke['max_abs_diff']:.1e})")
+    if summary.reference:
+        click.echo(f"pushed {summary.reference}")
+
+
+@main.command("builder", context_settings=CONTEXT)
+@click.option("--tag", help="Tag of the image (default mnistkit/builder:<version>, or mnistkit/build-tool:<version> with --tool).")
+@click.option("--tool", is_flag=True, help="Build the 'builder tool' image that runs mnistkit-build (the Argo step).")
+@click.option("--rebuild", is_flag=True, help="Rebuild even when the image exists.")
+@click.option("--docker-host", help="Docker engine URL (default $DOCKER_HOST, the machine's engine, or an embedded dockerd).")
+@verbosity
+@errors_to_exit
+def builder_cmd(tag: str | None, tool: bool, rebuild: bool, docker_host: str | None, verbose: int, quiet: bool) -> None:
+    """Build mnistkit's s2i builder image (offline: Debian base by debootstrap, wheelhouse on loopback)."""
+    setup_logging(verbose, quiet)
+    from ..builder import BUILDER_IMAGE, TOOL_IMAGE, build_builder, ensure_builder
+    from ..services import mnistkit_home
+
+    client, embedded = _engine(docker_host)
+    try:
+        name = tag or (TOOL_IMAGE if tool else BUILDER_IMAGE)
+        dockerfile = "Dockerfile.tool" if tool else "Dockerfile"
+        if rebuild or tool:
+            built = build_builder(client, cache_dir=mnistkit_home(), tag=name, dockerfile=dockerfile)
+        else:
+            built = ensure_builder(client, cache_dir=mnistkit_home(), tag=name)
+        size = client.images.get(built).attrs.get("Size", 0)
+    finally:
+        if embedded:
+            embedded.stop()
+    click.echo(f"{built} ({size / 1e6:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()
