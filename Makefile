@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mnistkit-installed
+TOOLS := .venv-tools
+TOOLS_STAMP := $(TOOLS)/.installed
+export MNISTKIT_HOME ?= $(CURDIR)/.mnistkit
 APT_PACKAGES := docker.io docker-registry apache2-utils nginx-light debootstrap wrk
 PYTEST_ARGS ?=
 
@@ -34,7 +37,14 @@ system:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-venv: $(STAMP)
+venv: $(STAMP) $(TOOLS_STAMP)
+
+# kubernetes-validate needs jsonschema>=4, which seldon-core 1.17.1 forbids: its own venv
+$(TOOLS_STAMP): requirements-tools.lock
+	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install -q --disable-pip-version-check -r requirements-tools.lock 2>&1 | grep -v "^WARNING: Location" || true
+	$(TOOLS)/bin/kubernetes-validate --version
+	touch $(TOOLS_STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,4 +57,4 @@ lock: venv
 	  echo "# Regenerate with: make lock"; $(BIN)/pip freeze --exclude-editable | grep -v '^mypy'; } > requirements.lock
 
 clean:
-	rm -rf $(VENV) runs .mnistkit
+	rm -rf $(VENV) $(TOOLS) runs

@@ -34,7 +34,7 @@ import numpy as np
 from .errors import ConfigError, SearchError
 from .polyaxonfile import SearchSpec, render, without_output_flags
 
-__all__ = ["SearchConfig", "Trial", "GroupResult", "plan_trials", "run_group", "read_best", "check_flags"]
+__all__ = ["SearchConfig", "Trial", "GroupResult", "plan_trials", "run_group", "read_best", "spec_from_group", "check_flags"]
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +222,8 @@ def run_group(
     except OSError as e:
         raise ConfigError(f"cannot create group folder {group_dir}: {e.strerror}; choose a writable --output-dir") from None
     (group_dir / "group.json").write_text(json.dumps({
-        "name": name, "format": spec.source_format, "algorithm": spec.algorithm,
+        "name": name, "spec_name": spec.name, "format": spec.source_format, "algorithm": spec.algorithm,
+        "args": list(spec.args), "n_runs_spec": spec.n_runs, "concurrency_spec": spec.concurrency, "seed_spec": spec.seed,
         "matrix": {k: asdict(d) for k, d in spec.matrix.items()}, "params": spec.params,
         "n_runs": len(trials), "concurrency": concurrency, "threads_per_trial": threads,
         "seed": spec.seed if spec.seed is not None else config.seed,
@@ -361,6 +362,24 @@ def _record_best(group_dir: Path, trials: list[Trial], config: SearchConfig, spe
     tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
     os.replace(tmp, group_dir / "best.json")
     return best
+
+
+def spec_from_group(group_dir: str | os.PathLike[str]) -> SearchSpec:
+    """The search a group folder ran, rebuilt from its ``group.json``."""
+    from .polyaxonfile import Distribution, EarlyStopping
+
+    try:
+        g = json.loads((Path(group_dir) / "group.json").read_text())
+        return SearchSpec(
+            g["algorithm"],
+            matrix={k: Distribution(d["kind"], tuple(d["args"]), tuple(tuple(v) if isinstance(v, list) else v for v in d["values"]))
+                    for k, d in g["matrix"].items()},
+            params=g["params"], args=tuple(g["args"]), n_runs=g["n_runs_spec"], concurrency=g["concurrency_spec"],
+            seed=g["seed"], early_stopping=tuple(EarlyStopping(**e) for e in g["early_stopping"]),
+            name=g["spec_name"], source_format=g["format"],
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        raise SearchError(f"{group_dir}/group.json is missing or from another mnistkit version; re-run the search") from None
 
 
 def read_best(group_dir: str | os.PathLike[str]) -> dict[str, Any]:

@@ -55,12 +55,14 @@ def _engine(docker_host: str | None) -> tuple[Any, Any]:
 @click.option("--password-stdin", is_flag=True, help="Read the registry password from standard input.")
 @click.option("--docker-host", help="Docker engine URL (default $DOCKER_HOST, the machine's engine, or an embedded dockerd).")
 @click.option("--work-dir", type=click.Path(file_okay=False), help="Where temporary build files go.")
+@click.option("--manifests", "manifests_dir", type=click.Path(file_okay=False), help="Also write the cluster resources for the image (by digest once pushed) here.")
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @verbosity
 @errors_to_exit
 def image_cmd(source: str, image: str | None, builder: str | None, model_name: str, source_only: str | None,
               use_s2i: bool, smoke_test: bool, push: bool, username: str | None, password_stdin: bool,
-              docker_host: str | None, work_dir: str | None, as_json: bool, verbose: int, quiet: bool) -> None:
+              docker_host: str | None, work_dir: str | None, manifests_dir: str | None, as_json: bool, verbose: int,
+              quiet: bool) -> None:
     """Build the Seldon image for SOURCE by the s2i contract; optionally smoke-test and push it."""
     setup_logging(verbose, quiet)
     from ..builder import BUILDER_IMAGE
@@ -81,8 +83,13 @@ def image_cmd(source: str, image: str | None, builder: str | None, model_name: s
         finally:
             if embedded:
                 embedded.stop()
+    written = []
+    if manifests_dir and not summary.source:
+        from ..manifests import manifests_for
+
+        written = [str(p) for p in manifests_for(source, manifests_dir, image=summary.reference or summary.image)]
     if as_json:
-        click.echo(json.dumps(summary.to_json(), indent=2))
+        click.echo(json.dumps({**summary.to_json(), "manifests": written}, indent=2))
         return
     if summary.source:
         click.echo(f"s2i source folder: {summary.source}")
@@ -93,6 +100,53 @@ def image_cmd(source: str, image: str | None, builder: str | None, model_name: s
                    f"(max difference {summary.smoke['max_abs_diff']:.1e})")
     if summary.reference:
         click.echo(f"pushed {summary.reference}")
+    if written:
+        click.echo(f"cluster resources: {', '.join(written)}")
+
+
+def _manifest_options(f: Any) -> Any:
+    for option in reversed([
+        click.option("--name", default="mnist", show_default=True, help="SeldonDeployment name (also prefixes the PVCs)."),
+        click.option("--namespace", default="seldon", show_default=True),
+        click.option("--replicas", type=int, default=1, show_default=True),
+        click.option("--api-version", type=click.Choice(["v1", "v1alpha2"]), default="v1", show_default=True,
+                     help="SeldonDeployment version (v1alpha2 for clusters of the 2018 era)."),
+        click.option("--registry-secret", default="regcred", show_default=True, help="docker-config Secret for pulls and the Argo push."),
+        click.option("--tool-image", help="Builder-tool image the Argo step runs (default mnistkit/build-tool:<version>)."),
+        click.option("--train-image", help="Image the Polyaxon trials run (default mnistkit/train:<version>)."),
+        click.option("--storage-class", help="storageClassName of the PVCs (default: the cluster's)."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _manifest_kwargs(name: str, namespace: str, replicas: int, api_version: str, registry_secret: str,
+                     tool_image: str | None, train_image: str | None, storage_class: str | None) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": name, "namespace": namespace, "replicas": replicas, "api_version": api_version,
+                           "registry_secret": registry_secret, "storage_class": storage_class}
+    if tool_image:
+        out["tool_image"] = tool_image
+    if train_image:
+        out["train_image"] = train_image
+    return out
+
+
+@main.command("manifests", context_settings=CONTEXT)
+@click.argument("source", type=click.Path())
+@click.option("--image", required=True, help="The model image: REPOSITORY@sha256:DIGEST (best) or REPOSITORY:TAG.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="cluster", show_default=True, help="Folder for the YAML files.")
+@_manifest_options
+@click.option("--no-validate", is_flag=True, help="Skip validation against the schemas (not recommended).")
+@verbosity
+@errors_to_exit
+def manifests_cmd(source: str, image: str, out_dir: str, no_validate: bool, verbose: int, quiet: bool, **options: Any) -> None:
+    """Write SeldonDeployment, Argo Workflow, polyaxonfile and PVCs for SOURCE's model,
+    each checked against the real schemas before anything is written."""
+    setup_logging(verbose, quiet)
+    from ..manifests import manifests_for
+
+    for path in manifests_for(source, out_dir, image=image, validate=not no_validate, **_manifest_kwargs(**options)):
+        click.echo(str(path))
 
 
 @main.command("builder", context_settings=CONTEXT)

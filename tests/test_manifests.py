@@ -1,0 +1,183 @@
+"""Cluster resources, validated against the real CRD schemas (shared/schemas), the real
+kubernetes-validate and the real `polyaxon check`; mutation tests prove each bites."""
+
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from conftest import REPO
+from mnistkit.cli.build import main as build_main
+from mnistkit.errors import ManifestError
+from mnistkit.manifests import (ManifestConfig, argo_workflow, manifests_for, pvcs, schemas_dir, seldon_deployment,
+                                validate_pvcs, validate_seldon, validate_workflow)
+from mnistkit.polyaxonfile import read_polyaxonfile
+from mnistkit.search import SearchConfig, run_group
+
+DIGEST = "sha256:" + "ab" * 32
+IMAGE = f"127.0.0.1:5000/mnistkit/mnist@{DIGEST}"
+
+pytestmark = pytest.mark.skipif(
+    not (schemas_dir() / "seldondeployment-crd-v1.17.1.yaml").exists(),
+    reason=f"the CRD schemas are not at {schemas_dir()} (set MNISTKIT_SCHEMAS to the folder holding them)",
+)
+
+
+@pytest.fixture(scope="module")
+def group(tmp_path_factory):
+    out = tmp_path_factory.mktemp("groups")
+    spec = read_polyaxonfile(REPO / "examples" / "polyaxon" / "polyaxonfile_hyperparams.yml")
+    from dataclasses import replace
+
+    spec = replace(spec, n_runs=2)
+    return run_group(spec, SearchConfig(output_dir=str(out), group_name="g", train_samples=300, test_samples=300, max_epochs=1))
+
+
+@pytest.fixture
+def cfg():
+    return ManifestConfig(image=IMAGE, provenance={"artifact_sha256": "c" * 64, "run_id": "tiny"})
+
+
+def test_writes_the_whole_set_from_a_group(group, tmp_path):
+    files = manifests_for(group.group_dir, tmp_path / "cluster", image=IMAGE)
+    assert sorted(p.name for p in files) == ["argo-workflow.yaml", "polyaxonfile.yaml", "pvcs.yaml", "seldondeployment.yaml"]
+    sd = yaml.safe_load((tmp_path / "cluster" / "seldondeployment.yaml").read_text())
+    assert sd["apiVersion"] == "machinelearning.seldon.io/v1"
+    pred = sd["spec"]["predictors"][0]
+    container = pred["componentSpecs"][0]["spec"]["containers"][0]
+    assert container["image"] == IMAGE and container["name"] == pred["graph"]["name"]
+    assert pred["graph"]["type"] == "MODEL" and pred["graph"]["endpoint"]["type"] == "REST"
+    assert sd["metadata"]["annotations"]["mnistkit.io/artifact-sha256"] == group.best.artifact_sha256
+    assert sd["metadata"]["annotations"]["mnistkit.io/trial"] == group.best.name
+    wf = yaml.safe_load((tmp_path / "cluster" / "argo-workflow.yaml").read_text())
+    text = yaml.safe_dump(wf)
+    assert "/var/run/docker.sock" not in text and "hostPath" not in text  # never the node's engine
+    assert wf["spec"]["templates"][0]["sidecars"][0]["name"] == "dind"
+    mounts = {m["name"]: m for m in wf["spec"]["templates"][0]["container"]["volumeMounts"]}
+    assert mounts["docker-config"]["readOnly"] is True
+    claims = [d["metadata"]["name"] for d in yaml.safe_load_all((tmp_path / "cluster" / "pvcs.yaml").read_text())]
+    assert claims == ["mnist-data", "mnist-outputs", "mnist-build"]
+    px = yaml.safe_load((tmp_path / "cluster" / "polyaxonfile.yaml").read_text())
+    assert px["matrix"]["kind"] == "random" and px["matrix"]["seed"] == 1
+
+
+def test_v1alpha2_for_older_clusters(group, tmp_path):
+    manifests_for(group.group_dir, tmp_path, image=IMAGE, api_version="v1alpha2")
+    sd = yaml.safe_load((tmp_path / "seldondeployment.yaml").read_text())
+    assert sd["apiVersion"] == "machinelearning.seldon.io/v1alpha2"
+
+
+def test_from_a_single_run(trained_run, tmp_path):
+    manifests_for(trained_run.run_dir, tmp_path, image=IMAGE)
+    px = yaml.safe_load((tmp_path / "polyaxonfile.yaml").read_text())
+    assert "matrix" not in px and "--lr=0.1" in px["component"]["run"]["container"]["args"]
+
+
+def _sd(cfg, version="v1"):
+    return seldon_deployment(ManifestConfig(**{**cfg.__dict__, "api_version": version}))
+
+
+SD_MUTATIONS = {
+    "misspelt field": (lambda d: d["spec"]["predictors"][0].update(replica=1), "replica"),
+    "missing required": (lambda d: d["spec"]["predictors"][0].pop("graph"), "graph"),
+    "wrong type": (lambda d: d["spec"]["predictors"][0].update(replicas="one"), "'one' is not of type 'integer'"),
+    "bad enum": (lambda d: d["spec"]["predictors"][0]["graph"].update(type="MODELL"), "'MODELL'"),
+}
+
+
+@pytest.mark.parametrize("version", ["v1", "v1alpha2"])
+@pytest.mark.parametrize("case", list(SD_MUTATIONS))
+def test_seldon_validator_bites(cfg, version, case):
+    doc = _sd(cfg, version)
+    validate_seldon(copy.deepcopy(doc))
+    mutate, message = SD_MUTATIONS[case]
+    mutate(doc)
+    with pytest.raises(ManifestError, match=message.replace("(", "\\(")):
+        validate_seldon(doc)
+
+
+WF_MUTATIONS = {
+    "misspelt field": (lambda d: d["spec"].update(entrypiont="x"), "entrypiont"),
+    "missing required": (lambda d: d["spec"]["templates"][0]["container"].pop("image"), "image"),
+    "wrong type": (lambda d: d["spec"].update(parallelism="x"), "'x' is not of type 'integer'"),
+    "bad enum": (lambda d: d["spec"].update(artifactGC={"strategy": "Sometimes"}), "'Sometimes' is not one of"),
+}
+
+
+@pytest.mark.parametrize("case", list(WF_MUTATIONS))
+def test_workflow_validator_bites(cfg, case):
+    doc = argo_workflow(cfg)
+    validate_workflow(copy.deepcopy(doc))
+    mutate, message = WF_MUTATIONS[case]
+    mutate(doc)
+    with pytest.raises(ManifestError, match=message):
+        validate_workflow(doc)
+
+
+PVC_MUTATIONS = {
+    "misspelt field": (lambda d: d["spec"].update(storageClas="fast"), "storageClas"),
+    "missing required": (lambda d: d["spec"].update(dataSourceRef={"name": "x"}), "'kind' is a required property"),
+    "wrong type": (lambda d: d["spec"]["resources"]["requests"].update(storage=[1]), "storage"),
+    "bad enum": (lambda d: d["spec"].update(accessModes=["ReadWriteSometimes"]), "'ReadWriteSometimes' is not one of"),
+}
+
+
+@pytest.mark.parametrize("case", list(PVC_MUTATIONS))
+def test_pvc_validator_bites(cfg, case):
+    docs = pvcs(cfg)
+    validate_pvcs(copy.deepcopy(docs))
+    mutate, message = PVC_MUTATIONS[case]
+    mutate(docs[0])
+    with pytest.raises(ManifestError, match=message):
+        validate_pvcs(docs)
+
+
+def test_bad_name_is_refused_before_anything_is_written(trained_run, tmp_path):
+    r = CliRunner(mix_stderr=False).invoke(build_main, ["manifests", str(trained_run.run_dir), "--image", IMAGE,
+                                                         "--out", str(tmp_path / "out"), "--name", "My_Model"])
+    assert r.exit_code == 1
+    assert r.stderr.strip() == "Error: --name 'My_Model' is not a valid DNS-1123 label (lower case letters, digits and '-', at most 63)"
+    assert not (tmp_path / "out").exists()
+
+
+def test_invalid_polyaxonfile_writes_nothing(trained_run, tmp_path, monkeypatch):
+    import mnistkit.polyaxonfile as pf
+
+    real = pf.write_v1
+
+    def broken(spec, path, **kw):
+        real(spec, path, **kw)
+        path.write_text(path.read_text().replace("kind: job", "kind: jobb"))
+
+    monkeypatch.setattr(pf, "write_v1", broken)
+    with pytest.raises(ManifestError, match="polyaxonfile is invalid"):
+        manifests_for(trained_run.run_dir, tmp_path / "out", image=IMAGE)
+    assert not list((tmp_path / "out").glob("*.yaml"))
+
+
+def test_examples_cluster_folder_is_current_and_valid():
+    folder = REPO / "examples" / "cluster"
+    sd = yaml.safe_load((folder / "seldondeployment.yaml").read_text())
+    validate_seldon(sd)
+    validate_workflow(yaml.safe_load((folder / "argo-workflow.yaml").read_text()))
+    validate_pvcs(list(yaml.safe_load_all((folder / "pvcs.yaml").read_text())))
+    assert (folder / "README.md").exists()
+
+
+@pytest.mark.cluster
+@pytest.mark.skipif(not os.environ.get("KUBECONFIG"), reason="opt-in: set KUBECONFIG to a cluster with the Seldon and Argo CRDs")
+def test_server_side_dry_run(group, tmp_path):
+    kubectl = shutil.which("kubectl")
+    if not kubectl:
+        pytest.skip("kubectl is not installed")
+    for f in manifests_for(group.group_dir, tmp_path, image=IMAGE):
+        if f.name == "polyaxonfile.yaml":
+            continue
+        verb = "create" if f.name == "argo-workflow.yaml" else "apply"  # generateName needs create
+        subprocess.run([kubectl, verb, "--dry-run=server", "-f", str(f)], check=True)
