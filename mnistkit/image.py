@@ -45,6 +45,7 @@ class BuildConfig:
     username: str | None = None
     password: str | None = field(default=None, repr=False)
     work_dir: str | None = None  # where the source folder and wheel cache go
+    reuse: bool = False  # keep an existing image of the same model and builder instead of rebuilding
 
     def validate(self) -> "BuildConfig":
         if self.image is not None and not IMAGE_NAME.fullmatch(self.image):
@@ -94,11 +95,19 @@ def build_model(config: BuildConfig, client: Any = None) -> BuildSummary:
         credentials = find_credentials(image.rpartition(":")[0] or image, config.username, config.password)
     if client is None:
         raise ConfigError("building an image needs a docker engine")
+    existing = _reusable(client, image, source.sha256, config.builder) if config.reuse else None
+    if existing is not None:
+        log.info("reusing %s: same model and builder", image)
+        result_id, size, seconds, labels = existing.id, int(existing.attrs.get("Size", 0)), 0.0, existing.labels
+        return _finish(config, client, source, image, result_id, size, seconds, labels, credentials)
     work.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=work, prefix="s2i-"))
     try:
         folder = make_source_folder(source, tmp / "src", model_name=config.model_name, wheel_cache=wheel_cache)
         labels = image_labels(source, image, config.builder)
+        builder_id = _image_id(client, config.builder)
+        if builder_id:  # a missing builder is reported by the build itself, with what to do
+            labels["io.mnistkit.builder.id"] = builder_id
         if config.use_s2i:
             started = time.monotonic()
             s2i_binary_build(folder, image, config.builder)
@@ -110,6 +119,35 @@ def build_model(config: BuildConfig, client: Any = None) -> BuildSummary:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("built %s (%.0f MB) in %.1fs", image, size / 1e6, seconds)
+    return _finish(config, client, source, image, result_id, size, seconds, labels, credentials)
+
+
+def _image_id(client: Any, name: str) -> str | None:
+    import docker
+
+    try:
+        return str(client.images.get(name).id)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def _reusable(client: Any, image: str, sha256: str, builder: str) -> Any:
+    """The existing image ``image`` if it holds the same model built on the same builder."""
+    import docker
+
+    try:
+        img = client.images.get(image)
+        base = client.images.get(builder)
+    except docker.errors.ImageNotFound:
+        return None
+    labels = img.labels or {}
+    if labels.get("io.mnistkit.artifact.sha256") == sha256 and labels.get("io.mnistkit.builder.id") == base.id:
+        return img
+    return None
+
+
+def _finish(config: BuildConfig, client: Any, source: ModelSource, image: str, result_id: str, size: int,
+            seconds: float, labels: dict[str, str], credentials: Credentials | None) -> BuildSummary:
     smoke = None
     if config.smoke_test:
         smoke = smoke_test(client, image, source)

@@ -7,6 +7,7 @@ process started them; a dockerd already answering on the folder's socket is reus
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -88,7 +89,7 @@ class LocalDocker:
         dockerd = _which("dockerd", "docker.io")
         self.root.mkdir(parents=True, exist_ok=True)
         # /exec must be short: unix socket paths are limited to 108 bytes
-        exec_root = Path("/run/mnistkit") / str(abs(hash(str(self.root))) % 10**8)
+        exec_root = Path("/run/mnistkit") / hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
         exec_root.mkdir(parents=True, exist_ok=True)
         self.socket.unlink(missing_ok=True)
         log = open(self.root / "dockerd.log", "ab")

@@ -1,0 +1,205 @@
+"""The whole pipeline on one machine, as one call: ``mnistkit.pipeline.run(PipelineConfig())``.
+
+1. services   — a docker engine (the user's if one answers, else an embedded dockerd) and a
+                local registry with credentials, both under ``home``;
+2. search     — a short hyper-parameter group on real MNIST; the best trial is chosen;
+3. build      — the best model as a Seldon image (mnistkit's builder), smoke-tested, pushed;
+4. serve      — the pushed image run by digest and queried with example digits;
+5. manifests  — the cluster resources for that image;
+then a summary. It is idempotent (finished trials, images and layers are reused) and stops
+what it started when a step fails or the user presses Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .builder import REPO_ROOT
+from .errors import MnistkitError, PipelineError
+
+__all__ = ["PipelineConfig", "PipelineResult", "run"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    polyaxonfile: str = str(REPO_ROOT / "examples" / "polyaxon" / "demo.yml")
+    work_dir: str = "demo"  # runs/, cluster/ go here
+    home: str | None = None  # embedded services' state (default $MNISTKIT_HOME or ~/.mnistkit)
+    train_samples: int | None = 20000
+    test_samples: int | None = None
+    max_epochs: int | None = 2
+    concurrency: int | None = None
+    registry_port: int = 5000
+    username: str = "mnistkit"
+    repository: str = "mnistkit/mnist"
+    images: tuple[str, ...] = ()  # example digits to query; default examples/images/*.png
+    docker_host: str | None = None
+
+
+@dataclass
+class PipelineResult:
+    best: dict[str, Any] = field(default_factory=dict)
+    image: str = ""
+    reference: str = ""
+    size: int = 0
+    predictions: list[dict[str, Any]] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    steps: dict[str, float] = field(default_factory=dict)
+    engine: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Steps:
+    def __init__(self, result: PipelineResult, on_step: Callable[[str], None] | None) -> None:
+        self.result, self.on_step = result, on_step
+
+    def __call__(self, name: str) -> "_Step":
+        return _Step(self, name)
+
+
+class _Step:
+    def __init__(self, steps: _Steps, name: str) -> None:
+        self.steps, self.name = steps, name
+
+    def __enter__(self) -> None:
+        if self.steps.on_step:
+            self.steps.on_step(self.name)
+        log.info("== %s", self.name)
+        self.t0 = time.monotonic()
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        self.steps.result.steps[self.name] = round(time.monotonic() - self.t0, 1)
+        if exc is None or isinstance(exc, (KeyboardInterrupt, PipelineError)):
+            return False
+        if isinstance(exc, MnistkitError):
+            raise PipelineError(self.name, str(exc)) from None
+        import docker
+
+        if isinstance(exc, docker.errors.DockerException):
+            raise PipelineError(self.name, f"docker: {exc}") from None
+        return False
+
+
+def _password(home: Path) -> str:
+    path = home / "registry" / "password"
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = secrets.token_urlsafe(18)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the registry binds: TIME_WAIT is fine
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def run(config: PipelineConfig | None = None, *, on_step: Callable[[str], None] | None = None) -> PipelineResult:
+    """Run the whole pipeline; raises ``PipelineError`` naming the failed step."""
+    from .builder import ensure_builder
+    from .client import Endpoint, QueryConfig, load_inputs, predict
+    from .image import BuildConfig, build_model
+    from .manifests import manifests_for
+    from .microservice import free_port, wait_http
+    from .polyaxonfile import read_polyaxonfile
+    from .search import SearchConfig, run_group
+    from .services import LocalRegistry, connect_docker, mnistkit_home
+
+    config = config or PipelineConfig()
+    home = Path(config.home) if config.home else mnistkit_home()
+    work = Path(config.work_dir)
+    result = PipelineResult()
+    step = _Steps(result, on_step)
+    with ExitStack() as cleanup:
+        with step("services"):
+            client, embedded = connect_docker(config.docker_host, home=home)
+            if embedded:
+                cleanup.callback(embedded.stop)
+                result.engine = f"embedded dockerd ({embedded.socket})"
+            else:
+                result.engine = f"existing docker engine ({client.api.base_url})"
+            log.info("docker: %s", result.engine)
+            port = config.registry_port if _port_free(config.registry_port) else free_port()
+            password = _password(home)
+            registry = LocalRegistry(home / "registry", port, config.username, password).start()
+            cleanup.callback(registry.stop)
+            log.info("registry: %s (user %s, password in %s)", registry.address, config.username, home / "registry" / "password")
+
+        with step("search"):
+            spec = read_polyaxonfile(config.polyaxonfile)
+            group = run_group(spec, SearchConfig(
+                output_dir=str(work / "runs"), group_name=spec.name, concurrency=config.concurrency,
+                train_samples=config.train_samples, test_samples=config.test_samples, max_epochs=config.max_epochs))
+            best = json.loads((group.group_dir / "best.json").read_text())
+            result.best = {k: best[k] for k in ("trial", "params", "metrics", "artifact_sha256")}
+            result.files["group"] = str(group.group_dir)
+
+        with step("build"):
+            builder = ensure_builder(client, cache_dir=home)
+            image = f"{registry.address}/{config.repository}:{best['artifact_sha256'][:12]}"
+            summary = build_model(BuildConfig(source=str(group.group_dir), image=image, builder=builder, smoke_test=True,
+                                              push=True, username=config.username, password=password,
+                                              work_dir=str(home / "work"), reuse=True), client)
+            result.image, result.reference, result.size = summary.image, summary.reference or "", summary.size or 0
+
+        with step("serve"):
+            http, grpc, metrics = free_port(), free_port(), free_port()
+            client.images.pull(result.reference, auth_config={"username": config.username, "password": password})
+            container = client.containers.run(result.reference, detach=True, network_mode="host", environment={
+                "PREDICTIVE_UNIT_HTTP_SERVICE_PORT": str(http), "PREDICTIVE_UNIT_GRPC_SERVICE_PORT": str(grpc),
+                "PREDICTIVE_UNIT_METRICS_SERVICE_PORT": str(metrics)})
+            cleanup.callback(container.remove, force=True)
+            wait_http(f"http://127.0.0.1:{http}/health/ping", 120)
+            files = list(config.images) or [str(p) for p in sorted((REPO_ROOT / "examples" / "images").glob("*.png"))]
+            labels = _labels()
+            preds = predict(load_inputs(files), QueryConfig(Endpoint(host=f"127.0.0.1:{http}", route="direct")))
+            result.predictions = [{"image": Path(p.name).name, "digit": p.digit, "probability": round(p.probability, 4),
+                                   "label": labels.get(Path(p.name).name)} for p in preds]
+
+        with step("manifests"):
+            written = manifests_for(group.group_dir, work / "cluster", image=result.reference)
+            result.files["cluster"] = str(written[0].parent)
+    return result
+
+
+def _labels() -> dict[str, int]:
+    path = REPO_ROOT / "examples" / "images" / "labels.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def summary_lines(r: PipelineResult) -> Iterator[str]:
+    """The human summary printed at the end of the demo."""
+    m = r.best.get("metrics", {})
+    params = ", ".join(f"{k}={v}" for k, v in r.best.get("params", {}).items())
+    yield f"best trial   {r.best.get('trial')}: accuracy {100 * m.get('test_accuracy', 0):.2f}% ({params})"
+    yield f"image        {r.reference}  ({r.size / 1e6:.0f} MB)"
+    yield f"engine       {r.engine}"
+    right = sum(p["digit"] == p["label"] for p in r.predictions if p["label"] is not None)
+    yield f"predictions  {right}/{len(r.predictions)} example digits right:"
+    for p in r.predictions:
+        mark = "" if p["label"] is None else ("  ok" if p["digit"] == p["label"] else f"  (label {p['label']})")
+        yield f"  {p['image']:<22} -> {p['digit']}  p={p['probability']:.3f}{mark}"
+    yield f"files        runs: {r.files.get('group')}   cluster resources: {r.files.get('cluster')}"
+    yield "timings      " + ", ".join(f"{k} {v:.1f}s" for k, v in r.steps.items()) + f"  (total {sum(r.steps.values()):.1f}s)"

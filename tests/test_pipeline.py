@@ -1,0 +1,64 @@
+"""The whole pipeline entry point, end to end, on the real services."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from conftest import REPO, free_port
+from docker_env import HOME, builder_image, docker_client, docker_engine  # noqa: F401
+from mnistkit.cli.pipeline import main as pipeline_main
+from mnistkit.errors import PipelineError
+from mnistkit.pipeline import PipelineConfig, run
+
+pytestmark = pytest.mark.docker
+
+
+def _answers(port: int) -> bool:
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/v2/", timeout=2)
+    except urllib.error.HTTPError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def test_pipeline_end_to_end_and_again(docker_engine, builder_image, tmp_path):
+    port = free_port()
+    config = PipelineConfig(work_dir=str(tmp_path / "demo"), home=str(HOME), train_samples=3000, max_epochs=1,
+                            registry_port=port)
+    first = run(config)
+    assert list(first.steps) == ["services", "search", "build", "serve", "manifests"]
+    assert first.reference.startswith(f"127.0.0.1:{port}/mnistkit/mnist@sha256:")
+    right = sum(p["digit"] == p["label"] for p in first.predictions)
+    assert len(first.predictions) == 11 and right >= 8
+    sd = yaml.safe_load((tmp_path / "demo" / "cluster" / "seldondeployment.yaml").read_text())
+    assert sd["spec"]["predictors"][0]["componentSpecs"][0]["spec"]["containers"][0]["image"] == first.reference
+    assert not _answers(port)  # the registry it started is stopped again
+    assert not docker_engine.client().containers.list(filters={"ancestor": first.reference})
+
+    # again, through the CLI: finished trials and layers are reused
+    r = CliRunner(mix_stderr=False).invoke(pipeline_main, [
+        "--work-dir", str(tmp_path / "demo"), "--train-samples", "3000", "--max-epochs", "1",
+        "--registry-port", str(port), "--json"], env={"MNISTKIT_HOME": str(HOME)})
+    assert r.exit_code == 0, r.stderr
+    second = json.loads(r.stdout)
+    assert second["best"] == first.best and second["reference"] == first.reference
+    assert second["steps"]["search"] < first.steps["search"]
+
+
+def test_a_failing_step_is_named_and_cleaned_up(docker_engine, tmp_path):
+    port = free_port()
+    bad = tmp_path / "bad.yml"
+    bad.write_text("kind: group\nhptuning: {matrix: {lr: {zipf: '1:2'}}}\nrun: {cmd: python run.py}\n")
+    with pytest.raises(PipelineError, match="step 'search' failed: hptuning.matrix.lr: unknown distribution 'zipf'"):
+        run(PipelineConfig(polyaxonfile=str(bad), work_dir=str(tmp_path), home=str(HOME), registry_port=port))
+    assert not _answers(port)
+    r = CliRunner(mix_stderr=False).invoke(pipeline_main, ["-f", str(bad), "--work-dir", str(tmp_path),
+                                                            "--registry-port", str(port)], env={"MNISTKIT_HOME": str(HOME)})
+    assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1].startswith("Error: step 'search' failed")
