@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,7 @@ class MnistModel:
         max_batch: int | None = None,
         threads: int | None = None,
         invert: bool = False,
+        metrics_interval: float | None = None,
     ) -> None:
         from .artifact import read_manifest
 
@@ -98,6 +100,11 @@ class MnistModel:
         self.max_batch = int(max_batch or os.environ.get("MNISTKIT_MAX_BATCH") or 256)
         self.threads = int(threads or os.environ.get("MNISTKIT_TORCH_THREADS") or 1)
         self.invert = invert
+        # Seldon writes custom metrics to a multiprocessing manager (two IPC round trips per
+        # update), so counters are handed over at most once per interval, not per request.
+        env_interval = os.environ.get("MNISTKIT_METRICS_INTERVAL")
+        self.metrics_interval = float(metrics_interval if metrics_interval is not None else env_interval or 1.0)
+        self._last_flush = 0.0
         try:
             # Verify at start-up so a missing or tampered artifact stops the server at once.
             self.manifest, self.sha256, _ = read_manifest(self.model_path)
@@ -170,7 +177,15 @@ class MnistModel:
         }
 
     def metrics(self) -> list[dict[str, Any]]:
-        """Counters since the last call: predictions per digit, refused requests."""
+        """Counters since the last hand-over: predictions per digit, refused requests.
+
+        Between hand-overs it says "not implemented", which makes Seldon skip its update."""
+        now = time.monotonic()
+        if now - self._last_flush < self.metrics_interval:
+            from seldon_core.user_model import SeldonNotImplementedError
+
+            raise SeldonNotImplementedError("metrics are handed over once per interval")
+        self._last_flush = now
         out = [
             {"type": "COUNTER", "key": "mnistkit_predictions_total", "value": int(v), "tags": {"digit": str(d)}}
             for d, v in enumerate(self._pending)

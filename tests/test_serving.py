@@ -18,7 +18,7 @@ from mnistkit.serving import MnistModel
 
 @pytest.fixture(scope="module")
 def model(trained_run):
-    m = MnistModel(str(trained_run.artifact))
+    m = MnistModel(str(trained_run.artifact), metrics_interval=0)
     m.load()
     return m
 
@@ -26,7 +26,7 @@ def model(trained_run):
 @pytest.fixture(scope="module")
 def server(trained_run, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("ms")
-    service = start_microservice(env={"MNISTKIT_MODEL": str(trained_run.artifact)}, cwd=cwd)
+    service = start_microservice(env={"MNISTKIT_MODEL": str(trained_run.artifact), "MNISTKIT_METRICS_INTERVAL": "0"}, cwd=cwd)
     yield service
     service.stop()
 
@@ -73,6 +73,18 @@ def test_missing_or_tampered_artifact_fails_at_start(trained_run, tmp_path):
     w.write_bytes(w.read_bytes()[:-1] + b"\x00")
     with pytest.raises(ServingError, match="modified"):
         MnistModel(str(copy))
+
+
+def test_metrics_are_handed_over_once_per_interval(trained_run, mnist):
+    from seldon_core.user_model import SeldonNotImplementedError
+
+    m = MnistModel(str(trained_run.artifact), metrics_interval=60)
+    m.predict(mnist.test_images[:3].numpy(), [])
+    assert sum(x["value"] for x in m.metrics()) == 3  # the first call hands over
+    m.predict(mnist.test_images[:3].numpy(), [])
+    with pytest.raises(SeldonNotImplementedError):
+        m.metrics()  # within the interval: Seldon skips its shared-memory update
+    assert int(m._pending.sum()) == 3  # nothing lost, handed over next time
 
 
 def test_metrics_count_predictions_per_digit(model, mnist):
