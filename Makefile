@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 demo: system venv
 	$(BIN)/mnistkit-pipeline $(DEMO_ARGS)
 
-test: system venv
+test: system venv typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: venv
@@ -48,13 +48,13 @@ $(TOOLS_STAMP): requirements-tools.lock
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[all,test]' mypy 2>&1 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[all,test]' 2>-e '.[all,test]' mypy 2>&11 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import mnistkit, torch, seldon_core, docker, polyaxon"
 	touch $(STAMP)
 
 lock: venv
 	{ echo "# Versions seen to install and work together on Debian 12 / Python 3.11 (pip -c this file)."; \
-	  echo "# Regenerate with: make lock"; $(BIN)/pip freeze --exclude-editable | grep -v '^mypy'; } > requirements.lock
+	  echo "# Regenerate with: make lock"; $(BIN)/pip freeze --exclude-editable; } > requirements.lock
 
 clean:
 	rm -rf $(VENV) $(TOOLS) runs

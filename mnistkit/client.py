@@ -219,8 +219,8 @@ def _error_text(body: bytes) -> str:
     title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
     if title:  # a gateway's HTML error page
         return title.group(1).strip()
-    text = text.splitlines()
-    return text[0][:200] if text else "(empty body)"
+    lines = text.splitlines()
+    return lines[0][:200] if lines else "(empty body)"
 
 
 def post_json(url: str, payload: dict[str, Any], *, timeout: float = 10.0, retries: int = 3, backoff: float = 0.5) -> dict[str, Any]:

@@ -45,7 +45,7 @@ def decode_image(data: bytes, *, invert: bool = False, name: str = "image") -> D
         grey = grey.resize((SIDE, SIDE), Image.Resampling.LANCZOS)
     pixels = np.asarray(grey, dtype=np.uint8)
     if invert:
-        pixels = 255 - pixels
+        pixels = (255 - pixels).astype(np.uint8)
     return DecodedImage(pixels=pixels, resized_from=resized)
 
 

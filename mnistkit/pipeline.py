@@ -79,17 +79,16 @@ class _Step:
         log.info("== %s", self.name)
         self.t0 = time.monotonic()
 
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> None:
         self.steps.result.steps[self.name] = round(time.monotonic() - self.t0, 1)
         if exc is None or isinstance(exc, (KeyboardInterrupt, PipelineError)):
-            return False
+            return
         if isinstance(exc, MnistkitError):
             raise PipelineError(self.name, str(exc)) from None
         import docker
 
         if isinstance(exc, docker.errors.DockerException):
             raise PipelineError(self.name, f"docker: {exc}") from None
-        return False
 
 
 def _password(home: Path) -> str:

@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -233,7 +233,7 @@ class MnistModel:
 
     # -- helpers --------------------------------------------------------------------
 
-    def _refuse(self, message: str) -> None:
+    def _refuse(self, message: str) -> NoReturn:
         from seldon_core.flask_utils import SeldonMicroserviceException
 
         self._refused += 1

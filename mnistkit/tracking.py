@@ -85,7 +85,7 @@ class PolyaxonTracker:
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         finite = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and math.isfinite(v)}
-        self._tracking.log_metrics(step=step, **finite)
+        self._tracking.log_metrics(step=step, **finite)  # type: ignore[arg-type]
 
     def close(self) -> None:
         # end() flushes the event writers and marks the run done (it needs pandas)

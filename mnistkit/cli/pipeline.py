@@ -27,9 +27,12 @@ def main(polyaxonfile: str | None, work_dir: str, train_samples: int, max_epochs
     setup_logging(verbose, quiet)
     from ..pipeline import PipelineConfig, run, summary_lines
 
-    kwargs = {"polyaxonfile": polyaxonfile} if polyaxonfile else {}
     config = PipelineConfig(work_dir=work_dir, train_samples=train_samples, max_epochs=max_epochs, concurrency=concurrency,
-                            registry_port=registry_port, docker_host=docker_host, **kwargs)
+                            registry_port=registry_port, docker_host=docker_host)
+    if polyaxonfile:
+        from dataclasses import replace
+
+        config = replace(config, polyaxonfile=polyaxonfile)
     result = run(config)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
