@@ -48,7 +48,7 @@ $(TOOLS_STAMP): requirements-tools.lock
 
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[all,test]' 2>-e '.[all,test]' mypy 2>&11 | grep -v "^WARNING: Location" || true
+	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[all,test]' 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import mnistkit, torch, seldon_core, docker, polyaxon"
 	touch $(STAMP)
 
