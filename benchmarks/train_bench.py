@@ -57,11 +57,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--samples", type=int, default=60000)
+    ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto")
     args = ap.parse_args()
     root = str(_prepare_raw(resolve_data_dir()))
     data = load_mnist()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {bf16_supported()}")
-    print(f"{args.samples} training images per epoch, batch 128, SGD lr 0.01 momentum 0.5, {args.epochs} epochs each\n")
+    print(f"{args.samples} training images per epoch, batch 128, SGD lr 0.01 momentum 0.5, {args.epochs} epochs each,"
+          f" mnistkit precision {args.precision}\n")
 
     old = epochs_2018(root, args.samples)
     old_epochs: list[tuple[float, float]] = []
@@ -71,7 +73,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as out:
         config = TrainConfig(batch_size=128, lr=0.01, momentum=0.5, epochs=args.epochs, train_samples=args.samples,
-                             output_dir=out, run_name="bench", seed=1)
+                             output_dir=out, run_name="bench", seed=1, precision=args.precision)
         result = fit(config, data, on_epoch=after_each_mnistkit_epoch)
     old_t = [t for t, _ in old_epochs]
     new_t = [m.seconds for m in result.epochs]

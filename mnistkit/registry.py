@@ -101,6 +101,7 @@ def push(client: Any, image: str, credentials: Credentials | None) -> PushResult
     log.info("pushing %s:%s to %s", repository, tag, registry)
     digest = size = None
     layers: dict[str, str] = {}
+    totals: dict[str, int] = {}
     try:
         stream = client.images.push(repository, tag=tag, stream=True, decode=True,
                                     auth_config=credentials.auth_config() if credentials else None)
@@ -112,11 +113,13 @@ def push(client: Any, image: str, credentials: Credentials | None) -> PushResult
             if isinstance(aux, dict) and "Digest" in aux:
                 digest, size = aux["Digest"], aux.get("Size")
             status, layer = item.get("status"), item.get("id")
-            if layer and status and layers.get(layer) != status and status in ("Pushed", "Layer already exists", "Mounted from"):
-                layers[layer] = status
-                log.info("  %s: %s", layer, status)
-            elif layer and status == "Pushing" and item.get("progressDetail", {}).get("total"):
+            if layer and status == "Pushing" and item.get("progressDetail", {}).get("total"):
+                totals[layer] = int(item["progressDetail"]["total"])
                 log.debug("  %s: %s", layer, item.get("progress", ""))
+            elif layer and status and layers.get(layer) != status and status.startswith(("Pushed", "Layer already exists", "Mounted from")):
+                layers[layer] = status
+                mb = f" ({totals[layer] / 1e6:.1f} MB)" if layer in totals else ""
+                log.info("  %s: %s%s", layer, status, mb)
     except docker.errors.APIError as e:
         raise PushError(_explain(str(e.explanation or e), registry)) from None
     except docker.errors.DockerException as e:
