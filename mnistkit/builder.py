@@ -213,8 +213,8 @@ def build_builder(client: Any, *, cache_dir: Path, tag: str = BUILDER_IMAGE, bas
         return build_image(client, dockerfile, tag, {"BASE_IMAGE": base, "WHEELHOUSE_URL": url})
 
 
-def ensure_builder(client: Any, *, cache_dir: Path, tag: str = BUILDER_IMAGE) -> str:
-    """The builder image, built only when it is missing."""
+def ensure_builder(client: Any, *, cache_dir: Path, tag: str = BUILDER_IMAGE, dockerfile: str = "Dockerfile") -> str:
+    """The builder (or, with ``Dockerfile.tool``, the build-tool) image, built only when missing."""
     if _image_exists(client, tag):
         return tag
-    return build_builder(client, cache_dir=cache_dir, tag=tag)
+    return build_builder(client, cache_dir=cache_dir, tag=tag, dockerfile=dockerfile)

@@ -168,3 +168,31 @@ def test_cli_builds_from_a_group_with_json(trained_run, docker_engine, builder_i
     assert r.exit_code == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["artifact_sha256"] == trained_run.artifact_sha256 and out["labels"]["io.mnistkit.trial"] == "trial-000"
+
+
+def test_push_with_credentials_from_the_docker_config_file(built, docker_client, registry, tmp_path, monkeypatch):
+    import base64
+
+    folder = tmp_path / "docker-config"
+    folder.mkdir()
+    auth = base64.b64encode(f"{USER}:{CANARY}".encode()).decode()
+    (folder / "config.json").write_text(json.dumps({"auths": {registry.address: {"auth": auth}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(folder))
+    monkeypatch.delenv("MNISTKIT_REGISTRY_USERNAME", raising=False)
+    from mnistkit.registry import find_credentials
+
+    creds = find_credentials(f"{registry.address}/mnistkit/mnist")
+    assert creds is not None and creds.username == USER
+    name = _tagged(docker_client, built, registry)
+    assert push(docker_client, name, creds).digest == built.digest
+    assert find_credentials("other.example.com/x") is None
+
+
+def test_build_tool_image_runs_mnistkit_build(docker_client, builder_image):
+    from mnistkit.builder import TOOL_IMAGE, ensure_builder
+    from docker_env import HOME
+
+    tag = ensure_builder(docker_client, cache_dir=HOME, tag=TOOL_IMAGE, dockerfile="Dockerfile.tool")
+    out = docker_client.containers.run(tag, ["--help"], remove=True, network_disabled=True).decode()
+    assert "Package a trained model as a Seldon Core image" in out
+    assert docker_client.images.get(tag).attrs["Config"]["User"] == "1001"

@@ -235,3 +235,13 @@ def test_ctrl_c_keeps_finished_trials(tmp_path):
     assert rows[0]["status"] == "done"
     assert any(r["status"] == "stopped" for r in rows) and not any(r["status"] == "running" for r in rows)
     assert read_best(tmp_path / "cc")["trial"] == "trial-000"
+
+
+def test_kind_experiment_is_one_training(tmp_path):
+    doc = {"version": 1, "kind": "experiment", "declarations": {"lr": 0.1},
+           "run": {"cmd": "python run.py --lr={{ lr }} --epochs=1"}}
+    spec = parse_polyaxonfile(doc)
+    assert spec.algorithm == "single" and plan_trials(spec) == [{"lr": 0.1}]
+    result = run_group(spec, SearchConfig(output_dir=str(tmp_path), group_name="one", train_samples=300, test_samples=300))
+    assert len(result.trials) == 1 and result.best.status == "done"
+    assert json.loads((tmp_path / "one" / "trials" / "trial-000" / "config.json").read_text())["config"]["lr"] == 0.1

@@ -166,10 +166,10 @@ def builder_cmd(tag: str | None, tool: bool, rebuild: bool, docker_host: str | N
     try:
         name = tag or (TOOL_IMAGE if tool else BUILDER_IMAGE)
         dockerfile = "Dockerfile.tool" if tool else "Dockerfile"
-        if rebuild or tool:
+        if rebuild:
             built = build_builder(client, cache_dir=mnistkit_home(), tag=name, dockerfile=dockerfile)
         else:
-            built = ensure_builder(client, cache_dir=mnistkit_home(), tag=name)
+            built = ensure_builder(client, cache_dir=mnistkit_home(), tag=name, dockerfile=dockerfile)
         size = client.images.get(built).attrs.get("Size", 0)
     finally:
         if embedded:
