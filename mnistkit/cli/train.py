@@ -65,7 +65,7 @@ def main(legacy: str | None, polyaxonfile: str | None, concurrency: int | None, 
 
     config = TrainConfig(**options).validate()  # type: ignore[arg-type]
     if legacy:
-        _import(legacy, config, as_json)
+        _import(legacy, config.output_dir, config.run_name, as_json)
         return
     result = fit(config)
     if as_json:
@@ -140,13 +140,12 @@ def _fmt(v: object) -> str:
     return f"{v:.5g}" if isinstance(v, float) else str(v)
 
 
-def _import(legacy: str, config: "object", as_json: bool) -> None:
+def _import(legacy: str, output_dir: str, run_name: str | None, as_json: bool) -> None:
     from pathlib import Path
 
     from ..artifact import import_legacy
 
-    name = getattr(config, "run_name") or f"imported-{Path(legacy).stem}"
-    target = Path(getattr(config, "output_dir")) / name / "model"
+    target = Path(output_dir) / (run_name or f"imported-{Path(legacy).stem}") / "model"
     sha = import_legacy(legacy, target)
     if as_json:
         click.echo(json.dumps({"artifact": str(target), "artifact_sha256": sha}))
