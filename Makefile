@@ -19,7 +19,7 @@ demo: system venv
 test: system venv typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-bench: venv
+bench: system venv
 	$(BIN)/python benchmarks/train_bench.py
 	$(BIN)/python benchmarks/search_bench.py
 	$(BIN)/python benchmarks/serve_bench.py
