@@ -62,3 +62,27 @@ def test_a_failing_step_is_named_and_cleaned_up(docker_engine, tmp_path):
     r = CliRunner(mix_stderr=False).invoke(pipeline_main, ["-f", str(bad), "--work-dir", str(tmp_path),
                                                             "--registry-port", str(port)], env={"MNISTKIT_HOME": str(HOME)})
     assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1].startswith("Error: step 'search' failed")
+
+
+def test_ctrl_c_stops_what_it_started(docker_engine, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mnistkit.cli.pipeline", "--work-dir", str(tmp_path), "--registry-port", str(port),
+         "--train-samples", "3000", "--max-epochs", "1"],
+        env={**os.environ, "MNISTKIT_HOME": str(HOME)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    table = tmp_path / "runs" / "demo" / "trials.json"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not table.exists():
+        time.sleep(0.2)
+    assert _answers(port)  # the registry is up while the search runs
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert not _answers(port)
+    assert not any(json.loads(table.read_text())[i]["status"] == "running" for i in range(4))
