@@ -165,3 +165,14 @@ def test_client_does_not_import_torch():
 
     code = "import sys, mnistkit.client, mnistkit.cli.query; assert 'torch' not in sys.modules and 'docker' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_no_batch_reports_each_failure_and_goes_on(server, tmp_path):
+    too_bright = tmp_path / "bright.npy"
+    np.save(too_bright, np.full((28, 28), 300.0))
+    r = _run(["--endpoint", f"127.0.0.1:{server.http_port}", "--route", "direct", "--no-batch",
+              str(IMAGES / "mnist-test-0000.png"), str(too_bright), str(IMAGES / "mnist-test-0001.png")])
+    assert r.exit_code == 1
+    assert [line.split()[1] for line in r.stdout.splitlines()[1:]] == ["7", "2"]
+    errors = r.stderr.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith(f"Error: {too_bright}: ") and "0..255" in errors[0]

@@ -6,7 +6,12 @@ import json
 
 import click
 
+from typing import TYPE_CHECKING
+
 from ._common import errors_to_exit, setup_logging, verbosity
+
+if TYPE_CHECKING:
+    from ..client import Prediction
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -38,9 +43,30 @@ def main(inputs: tuple[str, ...], endpoint: str, deployment: str, namespace: str
     """
     setup_logging(verbose, quiet)
     from ..client import Endpoint, QueryConfig, load_inputs, predict
+    from ..errors import QueryError
 
     config = QueryConfig(Endpoint(endpoint, deployment, namespace, route, url), payload, batch, timeout, retries).validate()
-    predictions = predict(load_inputs(inputs, invert=invert), config)
+    items = load_inputs(inputs, invert=invert)
+    if batch or len(items) == 1:
+        predictions = predict(items, config)
+        failed = 0
+    else:
+        # one request per image: a failed one is reported and the others still go
+        predictions, failed = [], 0
+        for item in items:
+            try:
+                predictions.extend(predict([item], config))
+            except QueryError as e:
+                failed += 1
+                click.echo(f"Error: {item.name}: {e}", err=True)
+    _print(predictions, as_json)
+    if failed:
+        raise SystemExit(1)
+
+
+def _print(predictions: "list[Prediction]", as_json: bool) -> None:
+    if not predictions:
+        return
     if as_json:
         for p in predictions:
             click.echo(json.dumps(p.to_json()))
