@@ -132,7 +132,7 @@ def _prepare_raw(root: Path) -> Path:
     target_root = root if _writable(raw) else _cache_root() / "data"
     target = target_root / "MNIST" / "raw"
     target.mkdir(parents=True, exist_ok=True)
-    for name, (md5, size) in _FILES.items():
+    for name in _FILES:
         out = target / name
         if _ok(out, name):
             continue

@@ -297,7 +297,7 @@ def run_group(
                     trials[idx].status, trials[idx].ended = "stopped", time.time()
                     trials[idx].error = f"early stopping: {stop_reason}"
     except KeyboardInterrupt:
-        for idx, proc in running.items():
+        for proc in running.values():
             proc.send_signal(signal.SIGTERM)
         for idx, proc in running.items():
             try:

@@ -6,12 +6,9 @@ from __future__ import annotations
 import io
 import json
 import logging
-import subprocess
-import sys
 import tarfile
 
 import docker
-import numpy as np
 import pytest
 from click.testing import CliRunner
 

@@ -12,7 +12,6 @@ from click.testing import CliRunner
 from conftest import REPO, free_port
 from mnistkit.cli.query import main as query_main
 from mnistkit.client import Endpoint, QueryConfig, build_payload, load_inputs, predict
-from mnistkit.errors import QueryError
 from mnistkit.images import encode_png
 from mnistkit.microservice import start_microservice
 

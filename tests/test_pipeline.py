@@ -9,7 +9,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import REPO, free_port
+from conftest import free_port
 from docker_env import HOME, builder_image, docker_client, docker_engine  # noqa: F401
 from mnistkit.cli.pipeline import main as pipeline_main
 from mnistkit.errors import PipelineError
