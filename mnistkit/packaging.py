@@ -33,7 +33,7 @@ from .builder import BUILDER_IMAGE, REPO_ROOT
 from .errors import ArtifactError, PackagingError, ServingError
 
 __all__ = ["ModelSource", "BuildResult", "resolve_source", "make_source_folder", "read_s2i_environment",
-           "s2i_build", "image_labels", "smoke_test", "mnistkit_wheel"]
+           "s2i_build", "image_labels", "smoke_test", "serve_image", "example_images", "mnistkit_wheel"]
 
 log = logging.getLogger(__name__)
 
@@ -267,6 +267,33 @@ def s2i_binary_build(source_dir: Path, image: str, builder: str) -> None:
         raise PackagingError(f"s2i build failed: {' | '.join(proc.stderr.strip().splitlines()[-3:])}")
 
 
+def example_images() -> list[Path]:
+    """The shipped example digits (examples/images), else the built-in golden image."""
+    return sorted((REPO_ROOT / "examples" / "images").glob("*.png")) or [Path(__file__).parent / "assets" / "golden-7.png"]
+
+
+def serve_image(client: Any, image: str, timeout: float = 120) -> tuple[Any, str]:
+    """Run a model image on free loopback ports (host network) and wait for /health/ping.
+
+    Returns (container, base URL); the caller removes the container. On failure the
+    container is removed and ``PackagingError`` carries the end of its log."""
+    from .microservice import free_port, wait_http
+
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    container = client.containers.run(image, detach=True, network_mode="host", environment={
+        "PREDICTIVE_UNIT_HTTP_SERVICE_PORT": str(http), "PREDICTIVE_UNIT_GRPC_SERVICE_PORT": str(grpc),
+        "PREDICTIVE_UNIT_METRICS_SERVICE_PORT": str(metrics)}, labels={"io.mnistkit.served": image})
+    url = f"http://127.0.0.1:{http}"
+    try:
+        wait_http(f"{url}/health/ping", timeout)
+    except ServingError as e:
+        container.reload()
+        logs = container.logs(tail=5).decode(errors="replace").strip().replace("\n", " | ")
+        container.remove(force=True)
+        raise PackagingError(f"{image} did not serve ({e}; status {container.status}): {logs}") from None
+    return container, url
+
+
 def smoke_test(client: Any, image: str, source: ModelSource, images: list[Path] | None = None,
                timeout: float = 120) -> dict[str, Any]:
     """Run ``image``, wait for /health/ping, send real digits through ``mnistkit.client``
@@ -274,24 +301,17 @@ def smoke_test(client: Any, image: str, source: ModelSource, images: list[Path] 
     import numpy as np
 
     from .client import Endpoint, QueryConfig, load_inputs, predict
-    from .microservice import free_port, wait_http
     from .serving import MnistModel
 
     started = time.monotonic()
-    files = images or sorted((REPO_ROOT / "examples" / "images").glob("*.png")) or [Path(__file__).parent / "assets" / "golden-7.png"]
-    http, grpc, metrics = free_port(), free_port(), free_port()
-    container = client.containers.run(image, detach=True, network_mode="host", environment={
-        "PREDICTIVE_UNIT_HTTP_SERVICE_PORT": str(http), "PREDICTIVE_UNIT_GRPC_SERVICE_PORT": str(grpc),
-        "PREDICTIVE_UNIT_METRICS_SERVICE_PORT": str(metrics)}, labels={"io.mnistkit.smoke-test": image})
+    files = images or example_images()
     try:
-        try:
-            wait_http(f"http://127.0.0.1:{http}/health/ping", timeout)
-        except ServingError as e:
-            container.reload()
-            logs = container.logs(tail=5).decode(errors="replace").strip().replace("\n", " | ")
-            raise PackagingError(f"smoke test: the image did not serve ({e}; status {container.status}): {logs}") from None
+        container, url = serve_image(client, image, timeout)
+    except PackagingError as e:
+        raise PackagingError(f"smoke test: {e}") from None
+    try:
         inputs = load_inputs(files)
-        served = predict(inputs, QueryConfig(Endpoint(host=f"127.0.0.1:{http}", route="direct"), timeout=30))
+        served = predict(inputs, QueryConfig(Endpoint(url=f"{url}/api/v1.0/predictions"), timeout=30))
         local = MnistModel(str(source.artifact)).predict(np.stack([i.pixels for i in inputs]).astype(np.float32))
         got = np.array([p.probabilities for p in served])
         diff = float(np.abs(got - local).max())

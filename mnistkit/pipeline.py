@@ -121,7 +121,8 @@ def run(config: PipelineConfig | None = None, *, on_step: Callable[[str], None] 
     from .client import Endpoint, QueryConfig, load_inputs, predict
     from .image import BuildConfig, build_model
     from .manifests import manifests_for
-    from .microservice import free_port, wait_http
+    from .microservice import free_port
+    from .packaging import example_images, serve_image
     from .polyaxonfile import read_polyaxonfile
     from .search import SearchConfig, run_group
     from .services import LocalRegistry, connect_docker, mnistkit_home
@@ -164,16 +165,12 @@ def run(config: PipelineConfig | None = None, *, on_step: Callable[[str], None] 
             result.image, result.reference, result.size = summary.image, summary.reference or "", summary.size or 0
 
         with step("serve"):
-            http, grpc, metrics = free_port(), free_port(), free_port()
             client.images.pull(result.reference, auth_config={"username": config.username, "password": password})
-            container = client.containers.run(result.reference, detach=True, network_mode="host", environment={
-                "PREDICTIVE_UNIT_HTTP_SERVICE_PORT": str(http), "PREDICTIVE_UNIT_GRPC_SERVICE_PORT": str(grpc),
-                "PREDICTIVE_UNIT_METRICS_SERVICE_PORT": str(metrics)})
+            container, url = serve_image(client, result.reference)
             cleanup.callback(container.remove, force=True)
-            wait_http(f"http://127.0.0.1:{http}/health/ping", 120)
-            files = list(config.images) or [str(p) for p in sorted((REPO_ROOT / "examples" / "images").glob("*.png"))]
+            files = list(config.images) or example_images()
             labels = _labels()
-            preds = predict(load_inputs(files), QueryConfig(Endpoint(host=f"127.0.0.1:{http}", route="direct")))
+            preds = predict(load_inputs(files), QueryConfig(Endpoint(url=f"{url}/api/v1.0/predictions")))
             result.predictions = [{"image": Path(p.name).name, "digit": p.digit, "probability": round(p.probability, 4),
                                    "label": labels.get(Path(p.name).name)} for p in preds]
 
