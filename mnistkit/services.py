@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from .errors import PackagingError, PushError
 
@@ -52,6 +52,22 @@ def _stop(proc: subprocess.Popen[bytes] | None, pid: int | None = None, timeout:
         os.killpg(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start ``cmd`` in its own session, output appended to ``log_path``."""
+    with open(log_path, "ab") as log:  # the child keeps its own copy of the descriptor
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], ready: Callable[[], bool], timeout: float, interval: float) -> bool:
+    """Poll ``ready`` until it is true (True), the process exits or the time is up (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        if ready():
+            return True
+        time.sleep(interval)
+    return False
 
 
 @dataclass
@@ -92,21 +108,17 @@ class LocalDocker:
         exec_root = Path("/run/mnistkit") / hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
         exec_root.mkdir(parents=True, exist_ok=True)
         self.socket.unlink(missing_ok=True)
-        log = open(self.root / "dockerd.log", "ab")
-        self.proc = subprocess.Popen(
+        self.proc = _spawn(
             [dockerd, "--data-root", str(self.root / "data"), "--exec-root", str(exec_root),
              "--pidfile", str(self.root / "dockerd.pid"), "--host", self.host, "--storage-driver", "overlay2",
              "--iptables=false", "--ip6tables=false", "--bridge=none"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            self.root / "dockerd.log",
         )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                tail = (self.root / "dockerd.log").read_text(errors="replace").splitlines()[-3:]
-                raise PackagingError(f"dockerd exited at start: {' | '.join(tail)}")
-            if self._answers():
-                return self
-            time.sleep(0.2)
+        if _wait_ready(self.proc, self._answers, timeout, 0.2):
+            return self
+        if self.proc.poll() is not None:
+            tail = (self.root / "dockerd.log").read_text(errors="replace").splitlines()[-3:]
+            raise PackagingError(f"dockerd exited at start: {' | '.join(tail)}")
         self.stop()
         raise PackagingError(f"dockerd did not answer on {self.socket} within {timeout:.0f}s")
 
@@ -156,16 +168,11 @@ class LocalRegistry:
             f"http: {{addr: '{self.address}'}}\n"
             f"auth: {{htpasswd: {{realm: mnistkit, path: {self.root / 'htpasswd'}}}}}\n"
         )
-        log = open(self.root / "registry.log", "ab")
-        self.proc = subprocess.Popen([registry, "serve", str(self.root / "config.yml")], stdout=log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise PushError(f"docker-registry exited at start; see {self.root / 'registry.log'}")
-            if self._status() == 401:
-                return self
-            time.sleep(0.1)
+        self.proc = _spawn([registry, "serve", str(self.root / "config.yml")], self.root / "registry.log")
+        if _wait_ready(self.proc, lambda: self._status() == 401, timeout, 0.1):
+            return self
+        if self.proc.poll() is not None:
+            raise PushError(f"docker-registry exited at start; see {self.root / 'registry.log'}")
         self.stop()
         raise PushError(f"the registry did not answer on {self.address} within {timeout:.0f}s")
 
