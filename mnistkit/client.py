@@ -24,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ConfigError, QueryError
+from .images import decode_image, encode_png
 
 __all__ = [
     "ROUTES",
@@ -136,8 +137,6 @@ def load_inputs(paths: Sequence[str | Path], *, invert: bool = False) -> list[In
     Images of another size are resized, with a warning; ``invert`` turns black-on-white
     drawings into MNIST's white-on-black.
     """
-    from .images import decode_image
-
     inputs: list[Input] = []
     for p in map(Path, paths):
         if not p.is_file():
@@ -154,17 +153,11 @@ def load_inputs(paths: Sequence[str | Path], *, invert: bool = False) -> list[In
             w, h = img.resized_from
             log.warning("warning: %s is %dx%d; resized to 28x28 (predictions on resized drawings are less reliable)", p, w, h)
         # binData sends the file as it is, unless it had to be changed to be read as MNIST
-        encoded = data if img.resized_from is None and not invert else _png(img.pixels)
+        encoded = data if img.resized_from is None and not invert else encode_png(img.pixels)
         inputs.append(Input(str(p), img.pixels, encoded))
     if not inputs:
         raise QueryError("no images given")
     return inputs
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    from .images import encode_png
-
-    return encode_png(pixels)
 
 
 def _values(pixels: np.ndarray) -> list[Any]:
@@ -180,7 +173,7 @@ def build_payload(inputs: Sequence[Input], kind: str = "tensor") -> dict[str, An
             raise ConfigError("binData carries one image per request")
         import base64
 
-        return {"binData": base64.b64encode(inputs[0].encoded or _png(inputs[0].pixels)).decode("ascii")}
+        return {"binData": base64.b64encode(inputs[0].encoded or encode_png(inputs[0].pixels)).decode("ascii")}
     stack = np.stack([np.asarray(i.pixels).reshape(784) for i in inputs])  # (n, 784)
     if kind == "tensor":
         shape = [784] if len(inputs) == 1 else [len(inputs), 784]
