@@ -11,12 +11,12 @@ export MNISTKIT_HOME ?= $(CURDIR)/.mnistkit
 APT_PACKAGES := docker.io docker-registry apache2-utils nginx-light debootstrap wrk
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench system venv lock clean typecheck
+.PHONY: demo test bench system venv lock clean typecheck lint
 
 demo: system venv
 	$(BIN)/mnistkit-pipeline $(DEMO_ARGS)
 
-test: system venv typecheck
+test: system venv lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 bench: system venv
@@ -26,6 +26,10 @@ bench: system venv
 
 typecheck: venv
 	$(BIN)/python -m mypy mnistkit
+
+lint: venv
+	$(BIN)/ruff check mnistkit tests benchmarks tools
+	$(BIN)/ruff format --check mnistkit tests benchmarks tools
 
 # System packages the pipeline and its tests run for real: dockerd, a registry with
 # htpasswd auth, nginx as the gateway, debootstrap for offline base images, wrk for load.

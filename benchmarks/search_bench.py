@@ -32,15 +32,26 @@ def main() -> None:
             t0 = time.perf_counter()
             r = run_group(spec, SearchConfig(output_dir=out, group_name="full", concurrency=args.concurrency))
             best = r.best
-            print(f"{args.full.name}: {len(r.trials)} trials, concurrency {args.concurrency}, {time.perf_counter() - t0:.0f}s")
+            print(
+                f"{args.full.name}: {len(r.trials)} trials, concurrency {args.concurrency}, {time.perf_counter() - t0:.0f}s"
+            )
             print(f"best {best.name}: accuracy {100 * best.metrics['test_accuracy']:.2f}% with {best.params}")
             return
         times: dict[int, list[float]] = {1: [], 2: []}
         for i in range(args.rounds):
             for c in (1, 2):
                 t0 = time.perf_counter()
-                run_group(spec, SearchConfig(output_dir=out, group_name=f"c{c}-{i}", concurrency=c,
-                                             train_samples=args.train_samples, test_samples=2000, max_epochs=1))
+                run_group(
+                    spec,
+                    SearchConfig(
+                        output_dir=out,
+                        group_name=f"c{c}-{i}",
+                        concurrency=c,
+                        train_samples=args.train_samples,
+                        test_samples=2000,
+                        max_epochs=1,
+                    ),
+                )
                 times[c].append(time.perf_counter() - t0)
     one, two = statistics.median(times[1]), statistics.median(times[2])
     print(f"seed polyaxonfile, 10 trials capped at {args.train_samples} images x 1 epoch (2,000 test images)")

@@ -27,10 +27,10 @@ import torch
 
 from mnistkit.artifact import save_artifact
 from mnistkit.data import load_mnist
-from mnistkit.microservice import start_microservice
+from mnistkit.local.microservice import start_microservice
 from mnistkit.network import Network
 
-CLASS_2018 = '''
+CLASS_2018 = """
 import torch
 from mnistkit.network import Network
 from torchvision import datasets, transforms
@@ -51,7 +51,7 @@ class Mnist2018(object):
         predictions = torch.nn.functional.softmax(out)
         print(predictions)
         return predictions.detach().numpy()
-'''
+"""
 
 WRK_SCRIPT = """
 wrk.method = "POST"
@@ -64,8 +64,12 @@ def wrk(url: str, body: str, seconds: int, connections: int, folder: Path) -> di
     script = folder / "post.lua"
     script.write_text(WRK_SCRIPT.format(body=body))
     exe = shutil.which("wrk") or "/usr/bin/wrk"
-    out = subprocess.run([exe, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [exe, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
 
@@ -95,14 +99,22 @@ def main() -> None:
         setups = [
             ("2018 class, 1 worker (default)", "Mnist2018", 1, {}),
             ("mnistkit, 1 worker", "mnistkit.serving.MnistModel", 1, {"MNISTKIT_MODEL": str(folder / "model")}),
-            ("mnistkit, 2 workers (image setting)", "mnistkit.serving.MnistModel", 2, {"MNISTKIT_MODEL": str(folder / "model")}),
+            (
+                "mnistkit, 2 workers (image setting)",
+                "mnistkit.serving.MnistModel",
+                2,
+                {"MNISTKIT_MODEL": str(folder / "model")},
+            ),
         ]
         runs: dict[str, list[dict[str, float]]] = {label: [] for label, *_ in setups}
         with ExitStack() as stack:
             services = {}
             for label, interface, workers, env in setups:  # idle servers cost nothing; all up at once
-                ms = stack.enter_context(start_microservice(interface, cwd=folder, workers=workers, env=env,
-                                                            log_path=folder / f"{len(services)}.log"))
+                ms = stack.enter_context(
+                    start_microservice(
+                        interface, cwd=folder, workers=workers, env=env, log_path=folder / f"{len(services)}.log"
+                    )
+                )
                 services[label] = f"{ms.url}/api/v1.0/predictions"
                 wrk(services[label], body, 2, args.connections, folder)  # warm-up
             for _ in range(args.rounds):  # interleaved rounds: machine noise hits every setup
@@ -114,13 +126,17 @@ def main() -> None:
             errors = sum(r["errors"] for r in runs[label])
             r = results[label]
             each = ", ".join(f"{x['rps']:.0f}" for x in runs[label])
-            print(f"{label:<38} {r['rps']:>8.0f} req/s   p50 {r['p50_ms']:>6.2f} ms   p99 {r['p99_ms']:>6.2f} ms"
-                  f"   non-2xx {errors}   (median of {each})",
-                  flush=True)
+            print(
+                f"{label:<38} {r['rps']:>8.0f} req/s   p50 {r['p50_ms']:>6.2f} ms   p99 {r['p99_ms']:>6.2f} ms"
+                f"   non-2xx {errors}   (median of {each})",
+                flush=True,
+            )
     base = results[setups[0][0]]["rps"]
     for label, *_ in setups[1:]:
         print(f"ratio {label} / 2018: {results[label]['rps'] / base:.2f}x")
-    print(f"(wrk -t1 -c{args.connections} -d{args.seconds}s x {args.rounds} rounds, one 784-pixel tensor per request, torch {torch.__version__})")
+    print(
+        f"(wrk -t1 -c{args.connections} -d{args.seconds}s x {args.rounds} rounds, one 784-pixel tensor per request, torch {torch.__version__})"
+    )
     sys.exit(0)
 
 

@@ -16,16 +16,17 @@ import argparse
 import statistics
 import tempfile
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
+from mnistkit.config import TrainConfig
 from mnistkit.data import _prepare_raw, load_mnist, resolve_data_dir
 from mnistkit.network import Network
-from mnistkit.train import EpochMetrics, TrainConfig, bf16_supported, fit
+from mnistkit.train import EpochMetrics, bf16_supported, fit
 
 
 def epochs_2018(root: str, samples: int, seed: int = 1) -> Iterator[tuple[float, float]]:
@@ -62,8 +63,10 @@ def main() -> None:
     root = str(_prepare_raw(resolve_data_dir()))
     data = load_mnist()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, native bf16: {bf16_supported()}")
-    print(f"{args.samples} training images per epoch, batch 128, SGD lr 0.01 momentum 0.5, {args.epochs} epochs each,"
-          f" mnistkit precision {args.precision}\n")
+    print(
+        f"{args.samples} training images per epoch, batch 128, SGD lr 0.01 momentum 0.5, {args.epochs} epochs each,"
+        f" mnistkit precision {args.precision}\n"
+    )
 
     old = epochs_2018(root, args.samples)
     old_epochs: list[tuple[float, float]] = []
@@ -72,15 +75,28 @@ def main() -> None:
         old_epochs.append(next(old))  # then one 2018 epoch
 
     with tempfile.TemporaryDirectory() as out:
-        config = TrainConfig(batch_size=128, lr=0.01, momentum=0.5, epochs=args.epochs, train_samples=args.samples,
-                             output_dir=out, run_name="bench", seed=1, precision=args.precision)
+        config = TrainConfig(
+            batch_size=128,
+            lr=0.01,
+            momentum=0.5,
+            epochs=args.epochs,
+            train_samples=args.samples,
+            output_dir=out,
+            run_name="bench",
+            seed=1,
+            precision=args.precision,
+        )
         result = fit(config, data, on_epoch=after_each_mnistkit_epoch)
     old_t = [t for t, _ in old_epochs]
     new_t = [m.seconds for m in result.epochs]
     fmt = lambda ts: ", ".join(f"{t:.2f}" for t in ts)  # noqa: E731
     o, n = statistics.median(old_t), statistics.median(new_t)
-    print(f"2018 loop      epoch seconds: {fmt(old_t)}  median {o:.2f}s  accuracy after {args.epochs}: {100 * old_epochs[-1][1]:.2f}%")
-    print(f"mnistkit loop  epoch seconds: {fmt(new_t)}  median {n:.2f}s  accuracy after {args.epochs}: {100 * result.epochs[-1].test_accuracy:.2f}%")
+    print(
+        f"2018 loop      epoch seconds: {fmt(old_t)}  median {o:.2f}s  accuracy after {args.epochs}: {100 * old_epochs[-1][1]:.2f}%"
+    )
+    print(
+        f"mnistkit loop  epoch seconds: {fmt(new_t)}  median {n:.2f}s  accuracy after {args.epochs}: {100 * result.epochs[-1].test_accuracy:.2f}%"
+    )
     print(f"ratio mnistkit / 2018: {n / o:.3f}  (target <= 0.25)")
 
 

@@ -10,8 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .errors import (  # noqa: E402
     ArtifactError,
     ConfigError,
@@ -29,7 +28,9 @@ from .errors import (  # noqa: E402
 
 # public name -> module that defines it; loaded on first use
 _LAZY = {
-    "TrainConfig": "train",
+    "TrainConfig": "config",
+    "Settings": "settings",
+    "ImageRef": "imageref",
     "RunResult": "train",
     "fit": "train",
     "load_mnist": "data",

@@ -20,12 +20,13 @@ import json
 import os
 import platform
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from ._version import __version__
 from .data import MEAN, PIXEL_MAX, STD
 from .errors import ArtifactError
 
@@ -34,11 +35,26 @@ if TYPE_CHECKING:  # torch is imported only by the functions that make tensors
 
     from .network import Network
 
-__all__ = ["FORMAT", "Model", "save_artifact", "load_model", "import_legacy", "artifact_dir", "sha256_file"]
+__all__ = [
+    "FORMAT",
+    "Model",
+    "save_artifact",
+    "load_model",
+    "read_manifest",
+    "import_legacy",
+    "artifact_dir",
+    "sha256_file",
+]
 
 FORMAT = "mnistkit-artifact/1"
 MANIFEST = "manifest.json"
-PREPROCESSING = {"scale": PIXEL_MAX, "mean": MEAN, "std": STD, "layout": "NCHW", "input": "raw pixels 0..255, white on black"}
+PREPROCESSING = {
+    "scale": PIXEL_MAX,
+    "mean": MEAN,
+    "std": STD,
+    "layout": "NCHW",
+    "input": "raw pixels 0..255, white on black",
+}
 
 
 @dataclass(frozen=True)
@@ -106,7 +122,7 @@ def save_artifact(
         "metrics": dict(metrics or {}),
         "run": dict(run or {}),
         "versions": {"mnistkit": __version__, "torch": torch.__version__, "python": platform.python_version()},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     text = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
     try:
@@ -114,7 +130,9 @@ def save_artifact(
             _atomic_write(out / weights, blob)
         _atomic_write(out / MANIFEST, text)
     except OSError as e:
-        raise ArtifactError(f"cannot write the model into {out}: {e.strerror}; choose a writable --output-dir") from None
+        raise ArtifactError(
+            f"cannot write the model into {out}: {e.strerror}; choose a writable --output-dir"
+        ) from None
     for stale in out.glob("weights-*.safetensors"):
         if stale.name != weights:
             stale.unlink(missing_ok=True)
@@ -171,7 +189,9 @@ def read_manifest(path: str | os.PathLike[str]) -> tuple[dict[str, Any], str, Pa
         if Path(name).name != name or not f.is_file():
             raise ArtifactError(f"{f} is missing; the artifact is incomplete")
         if sha256_file(f) != want:
-            raise ArtifactError(f"{f} does not match its sha256 in {MANIFEST}: the artifact was modified; refusing to load it")
+            raise ArtifactError(
+                f"{f} does not match its sha256 in {MANIFEST}: the artifact was modified; refusing to load it"
+            )
     return manifest, hashlib.sha256(raw).hexdigest(), folder
 
 

@@ -17,14 +17,15 @@ import re
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from .errors import ConfigError, QueryError
-from .images import decode_image, encode_png
+from .pixels import BadInput, as_batch, decode_image, encode_png
 
 __all__ = [
     "ROUTES",
@@ -107,9 +108,13 @@ class Prediction:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "image": self.name, "digit": self.digit, "probability": self.probability,
-            "runner_up": self.runner_up, "runner_up_probability": self.runner_up_probability,
-            "probabilities": self.probabilities, "response": self.response,
+            "image": self.name,
+            "digit": self.digit,
+            "probability": self.probability,
+            "runner_up": self.runner_up,
+            "runner_up_probability": self.runner_up_probability,
+            "probabilities": self.probabilities,
+            "response": self.response,
         }
 
 
@@ -118,17 +123,13 @@ def _npy_inputs(path: Path) -> list[Input]:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as e:
         raise QueryError(f"{path} is not a readable .npy array ({e})") from None
-    if arr.shape in ((784,), (28, 28)):
-        arr = arr.reshape(1, 28, 28)
-    elif arr.ndim == 2 and arr.shape[1] == 784 or arr.ndim == 3 and arr.shape[1:] == (28, 28):
-        arr = arr.reshape(-1, 28, 28)
-    else:
-        raise QueryError(f"{path} has shape {list(arr.shape)}; expected [784], [28, 28], [n, 784] or [n, 28, 28]")
-    if not np.issubdtype(arr.dtype, np.number):
-        raise QueryError(f"{path} holds {arr.dtype}, not pixel numbers")
-    if len(arr) == 1:
-        return [Input(str(path), arr[0])]
-    return [Input(f"{path}[{i}]", a) for i, a in enumerate(arr)]
+    try:
+        batch = as_batch(arr, what=str(path))  # the same shape rules the servers apply
+    except BadInput as e:
+        raise QueryError(str(e)) from None
+    if len(batch) == 1:
+        return [Input(str(path), batch[0])]
+    return [Input(f"{path}[{i}]", a) for i, a in enumerate(batch)]
 
 
 def load_inputs(paths: Sequence[str | Path], *, invert: bool = False) -> list[Input]:
@@ -147,11 +148,13 @@ def load_inputs(paths: Sequence[str | Path], *, invert: bool = False) -> list[In
         data = p.read_bytes()
         try:
             img = decode_image(data, invert=invert, name=str(p))
-        except ValueError as e:
+        except BadInput as e:
             raise QueryError(str(e)) from None
         if img.resized_from:
             w, h = img.resized_from
-            log.warning("warning: %s is %dx%d; resized to 28x28 (predictions on resized drawings are less reliable)", p, w, h)
+            log.warning(
+                "warning: %s is %dx%d; resized to 28x28 (predictions on resized drawings are less reliable)", p, w, h
+            )
         # binData sends the file as it is, unless it had to be changed to be read as MNIST
         encoded = data if img.resized_from is None and not invert else encode_png(img.pixels)
         inputs.append(Input(str(p), img.pixels, encoded))
@@ -216,7 +219,9 @@ def _error_text(body: bytes) -> str:
     return lines[0][:200] if lines else "(empty body)"
 
 
-def post_json(url: str, payload: dict[str, Any], *, timeout: float = 10.0, retries: int = 3, backoff: float = 0.5) -> dict[str, Any]:
+def post_json(
+    url: str, payload: dict[str, Any], *, timeout: float = 10.0, retries: int = 3, backoff: float = 0.5
+) -> dict[str, Any]:
     """POST JSON; retry connection errors and 503 with exponential backoff.
 
     Raises ``QueryError`` with Seldon's ``status.info`` for 4xx/5xx answers.
@@ -241,7 +246,9 @@ def post_json(url: str, payload: dict[str, Any], *, timeout: float = 10.0, retri
         except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
             reason = str(getattr(e, "reason", e))
             if attempt >= retries:
-                raise QueryError(f"cannot reach {url}: {reason} (after {attempt + 1} tries); is the endpoint right and up?") from None
+                raise QueryError(
+                    f"cannot reach {url}: {reason} (after {attempt + 1} tries); is the endpoint right and up?"
+                ) from None
         attempt += 1
         delay = backoff * 2 ** (attempt - 1)
         log.debug("retrying %s in %.1fs: %s", url, delay, reason)
@@ -255,13 +262,27 @@ def predict(inputs: Sequence[Input], config: QueryConfig | None = None) -> list[
     groups = [list(inputs)] if config.batch and config.payload != "binData" else [[i] for i in inputs]
     out: list[Prediction] = []
     for group in groups:
-        response = post_json(url, build_payload(group, config.payload), timeout=config.timeout,
-                             retries=config.retries, backoff=config.backoff)
+        response = post_json(
+            url,
+            build_payload(group, config.payload),
+            timeout=config.timeout,
+            retries=config.retries,
+            backoff=config.backoff,
+        )
         probs = parse_probabilities(response)
         if len(probs) != len(group):
             raise QueryError(f"sent {len(group)} images but got {len(probs)} predictions back")
-        for item, p in zip(group, probs):
+        for item, p in zip(group, probs, strict=False):
             order = np.argsort(p)[::-1]
-            out.append(Prediction(item.name, int(order[0]), float(p[order[0]]), int(order[1]), float(p[order[1]]),
-                                  p.tolist(), response))
+            out.append(
+                Prediction(
+                    item.name,
+                    int(order[0]),
+                    float(p[order[0]]),
+                    int(order[1]),
+                    float(p[order[1]]),
+                    p.tolist(),
+                    response,
+                )
+            )
     return out

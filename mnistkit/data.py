@@ -1,8 +1,9 @@
 """MNIST files -> tensors, and the one preprocessing shared by training and serving.
 
-The data set is the four canonical IDX files. mnistkit ships them gzipped under
-``examples/data/MNIST/raw/``; they are decompressed once into a cache, their md5 is
-checked, and ``torchvision.datasets.MNIST(root, download=False)`` reads them. The whole
+The data set is the four canonical IDX files. The repository ships them gzipped under
+``examples/data/MNIST/raw/`` (the default folder, relative to the working directory, as
+``make`` and the tests run); they are decompressed once and their md5 is checked (then
+remembered), and a plain IDX reader loads them. torchvision is not needed. The whole
 set is then held in memory as one uint8 tensor: batches are slices, not per-sample
 PIL transforms.
 """
@@ -13,10 +14,13 @@ import gzip
 import hashlib
 import logging
 import os
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from .errors import DataError
 
@@ -30,6 +34,7 @@ __all__ = [
     "preprocess",
     "resolve_data_dir",
     "load_mnist",
+    "read_idx",
 ]
 
 log = logging.getLogger(__name__)
@@ -49,6 +54,8 @@ _FILES = {
 }
 
 _ENV = "MNISTKIT_DATA_DIR"
+#: Where the repository keeps MNIST, relative to the working directory.
+DEFAULT_DATA_DIR = Path("examples") / "data"
 
 
 def preprocess(pixels: torch.Tensor) -> torch.Tensor:
@@ -79,19 +86,12 @@ class MNISTData:
     test_labels: "torch.Tensor"  # (10000,) int64
 
 
-def _repo_data_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "examples" / "data"
-
-
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Where to look for MNIST: the argument, else ``$MNISTKIT_DATA_DIR``, else the copy
-    shipped in the repository's ``examples/data``."""
-    if data_dir:
-        return Path(data_dir)
-    env = os.environ.get(_ENV)
-    if env:
-        return Path(env)
-    return _repo_data_dir()
+    """Where to look for MNIST: the argument, else ``$MNISTKIT_DATA_DIR``, else
+    ``examples/data`` under the working directory (the repository's copy)."""
+    from .settings import settings
+
+    return Path(data_dir or settings().data_dir or DEFAULT_DATA_DIR)
 
 
 def _md5(path: Path) -> str:
@@ -156,14 +156,42 @@ def _prepare_raw(root: Path) -> Path:
 
 
 def _ok(path: Path, name: str | None = None) -> bool:
-    """True when ``path`` holds the canonical content of MNIST file ``name``."""
-    md5, size = _FILES[name or path.name]
+    """True when ``path`` holds the canonical content of MNIST file ``name``.
+
+    The md5 is computed once per file and remembered beside it (keyed by size and mtime),
+    so later runs only stat the files."""
+    name = name or path.name
+    md5, size = _FILES[name]
     try:
-        if path.stat().st_size != size:
-            return False
+        st = path.stat()
     except OSError:
         return False
-    return _md5(path) == md5
+    if st.st_size != size:
+        return False
+    stamp = path.parent / f".{name}.verified"
+    key = f"{md5} {st.st_size} {st.st_mtime_ns}"
+    try:
+        if stamp.read_text() == key:
+            return True
+    except OSError:
+        pass
+    if _md5(path) != md5:
+        return False
+    try:
+        stamp.write_text(key)
+    except OSError:
+        pass  # a read-only data folder: verify again next time
+    return True
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (MNIST's format: big-endian magic, dims, then uint8 data) as an array."""
+    data = path.read_bytes()
+    if len(data) < 4 or data[:2] != b"\0\0" or data[2] != 0x08:
+        raise DataError(f"{path} is not an IDX file of bytes; replace it with the original MNIST file")
+    ndim = data[3]
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
 def load_mnist(data_dir: str | os.PathLike[str] | None = None, *, download: bool = False) -> MNISTData:
@@ -171,24 +199,32 @@ def load_mnist(data_dir: str | os.PathLike[str] | None = None, *, download: bool
 
     Raises ``DataError`` with what to do when files are missing or corrupt.
     """
-    from torchvision import datasets  # heavy; only needed here
+    import torch
 
     root = resolve_data_dir(data_dir)
     if download:
-        try:
-            datasets.MNIST(str(root), train=True, download=True)
-            datasets.MNIST(str(root), train=False, download=True)
-        except Exception as e:  # network errors come in many types
-            raise DataError(f"could not download MNIST into {root}: {e}") from None
-    tv_root = _prepare_raw(root)
-    try:
-        train = datasets.MNIST(str(tv_root), train=True, download=False)
-        test = datasets.MNIST(str(tv_root), train=False, download=False)
-    except RuntimeError as e:
-        raise DataError(f"torchvision could not read MNIST from {tv_root}: {e}") from None
+        _download(root)
+    raw = _prepare_raw(root) / "MNIST" / "raw"
+    arrays = {name: read_idx(raw / name) for name in _FILES}
     return MNISTData(
-        train_images=train.data,
-        train_labels=train.targets.long(),
-        test_images=test.data,
-        test_labels=test.targets.long(),
+        train_images=torch.from_numpy(arrays["train-images-idx3-ubyte"].copy()),
+        train_labels=torch.from_numpy(arrays["train-labels-idx1-ubyte"].astype(np.int64)),
+        test_images=torch.from_numpy(arrays["t10k-images-idx3-ubyte"].copy()),
+        test_labels=torch.from_numpy(arrays["t10k-labels-idx1-ubyte"].astype(np.int64)),
     )
+
+
+def _download(root: Path) -> None:
+    """Fetch MNIST with torchvision (an optional extra; needs network)."""
+    try:
+        from torchvision import datasets
+    except ImportError:
+        raise DataError(
+            "--download needs torchvision (pip install torchvision); or put the four MNIST files "
+            f"into {root / 'MNIST' / 'raw'}"
+        ) from None
+    try:
+        datasets.MNIST(str(root), train=True, download=True)
+        datasets.MNIST(str(root), train=False, download=True)
+    except Exception as e:  # network errors come in many types
+        raise DataError(f"could not download MNIST into {root}: {e}") from None

@@ -12,27 +12,26 @@ what it started when a step fails or the user presses Ctrl-C.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
 import time
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
-from .builder import REPO_ROOT
 from .errors import MnistkitError, PipelineError
 
-__all__ = ["PipelineConfig", "PipelineResult", "run"]
+__all__ = ["PipelineConfig", "PipelineResult", "run", "summary_lines"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
-    polyaxonfile: str = str(REPO_ROOT / "examples" / "polyaxon" / "demo.yml")
+    polyaxonfile: str = "examples/polyaxon/demo.yml"  # relative to the working directory, like the data
     work_dir: str = "demo"  # runs/, cluster/ go here
     home: str | None = None  # embedded services' state (default $MNISTKIT_HOME or ~/.mnistkit)
     train_samples: int | None = 20000
@@ -42,7 +41,7 @@ class PipelineConfig:
     registry_port: int = 5000
     username: str = "mnistkit"
     repository: str = "mnistkit/mnist"
-    images: tuple[str, ...] = ()  # example digits to query; default examples/images/*.png
+    images: tuple[str, ...] = ()  # digits to query; default the example digits that ship with mnistkit
     docker_host: str | None = None
 
 
@@ -103,86 +102,124 @@ def _password(home: Path) -> str:
     return value
 
 
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the registry binds: TIME_WAIT is fine
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
 def run(config: PipelineConfig | None = None, *, on_step: Callable[[str], None] | None = None) -> PipelineResult:
     """Run the whole pipeline; raises ``PipelineError`` naming the failed step."""
-    from .builder import ensure_builder
-    from .client import Endpoint, QueryConfig, load_inputs, predict
-    from .image import BuildConfig, build_model
-    from .manifests import manifests_for
-    from .microservice import free_port
-    from .packaging import example_images, serve_image
-    from .polyaxonfile import read_polyaxonfile
-    from .search import SearchConfig, run_group
-    from .services import LocalRegistry, connect_docker, mnistkit_home
+    from .local.dockerd import mnistkit_home
 
     config = config or PipelineConfig()
     home = Path(config.home) if config.home else mnistkit_home()
-    work = Path(config.work_dir)
     result = PipelineResult()
     step = _Steps(result, on_step)
     with ExitStack() as cleanup:
         with step("services"):
-            client, embedded = connect_docker(config.docker_host, home=home)
-            if embedded:
-                cleanup.callback(embedded.stop)
-                result.engine = f"embedded dockerd ({embedded.socket})"
-            else:
-                result.engine = f"existing docker engine ({client.api.base_url})"
-            log.info("docker: %s", result.engine)
-            port = config.registry_port if _port_free(config.registry_port) else free_port()
-            password = _password(home)
-            registry = LocalRegistry(home / "registry", port, config.username, password).start()
-            cleanup.callback(registry.stop)
-            log.info("registry: %s (user %s, password in %s)", registry.address, config.username, home / "registry" / "password")
-
+            client, registry, password = _services(config, home, result, cleanup)
         with step("search"):
-            spec = read_polyaxonfile(config.polyaxonfile)
-            group = run_group(spec, SearchConfig(
-                output_dir=str(work / "runs"), group_name=spec.name, concurrency=config.concurrency,
-                train_samples=config.train_samples, test_samples=config.test_samples, max_epochs=config.max_epochs))
-            best = json.loads((group.group_dir / "best.json").read_text())
-            result.best = {k: best[k] for k in ("trial", "params", "metrics", "artifact_sha256")}
-            result.files["group"] = str(group.group_dir)
-
+            group_dir = _search(config, result)
         with step("build"):
-            builder = ensure_builder(client, cache_dir=home)
-            image = f"{registry.address}/{config.repository}:{best['artifact_sha256'][:12]}"
-            summary = build_model(BuildConfig(source=str(group.group_dir), image=image, builder=builder, smoke_test=True,
-                                              push=True, username=config.username, password=password,
-                                              work_dir=str(home / "work"), reuse=True), client)
-            result.image, result.reference, result.size = summary.image, summary.reference or "", summary.size or 0
-
+            _build(config, client, registry.address, password, group_dir, home, result)
         with step("serve"):
-            client.images.pull(result.reference, auth_config={"username": config.username, "password": password})
-            container, url = serve_image(client, result.reference)
-            cleanup.callback(container.remove, force=True)
-            files = list(config.images) or example_images()
-            labels = _labels()
-            preds = predict(load_inputs(files), QueryConfig(Endpoint(url=f"{url}/api/v1.0/predictions")))
-            result.predictions = [{"image": Path(p.name).name, "digit": p.digit, "probability": round(p.probability, 4),
-                                   "label": labels.get(Path(p.name).name)} for p in preds]
-
+            _serve(config, client, password, result, cleanup)
         with step("manifests"):
-            written = manifests_for(group.group_dir, work / "cluster", image=result.reference)
+            from .manifests import manifests_for
+
+            written = manifests_for(group_dir, Path(config.work_dir) / "cluster", image=result.reference)
             result.files["cluster"] = str(written[0].parent)
     return result
 
 
-def _labels() -> dict[str, int]:
-    path = REPO_ROOT / "examples" / "images" / "labels.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+def _services(config: PipelineConfig, home: Path, result: PipelineResult, cleanup: ExitStack) -> tuple[Any, Any, str]:
+    from .local._proc import free_port, port_free
+    from .local.dockerd import connect_docker
+    from .local.registry import LocalRegistry
+
+    client, embedded = connect_docker(config.docker_host, home=home)
+    if embedded:
+        cleanup.callback(embedded.stop)
+        result.engine = f"embedded dockerd ({embedded.socket})"
+    else:
+        result.engine = f"existing docker engine ({client.api.base_url})"
+    log.info("docker: %s", result.engine)
+    port = config.registry_port if port_free(config.registry_port) else free_port()
+    password = _password(home)
+    registry = LocalRegistry(home / "registry", port, config.username, password).start()
+    cleanup.callback(registry.stop)
+    log.info(
+        "registry: %s (user %s, password in %s)", registry.address, config.username, home / "registry" / "password"
+    )
+    return client, registry, password
+
+
+def _search(config: PipelineConfig, result: PipelineResult) -> Path:
+    from .polyaxonfile import read_polyaxonfile
+    from .search import SearchConfig, read_best, run_group
+
+    spec = read_polyaxonfile(config.polyaxonfile)
+    group = run_group(
+        spec,
+        SearchConfig(
+            output_dir=str(Path(config.work_dir) / "runs"),
+            group_name=spec.name,
+            concurrency=config.concurrency,
+            train_samples=config.train_samples,
+            test_samples=config.test_samples,
+            max_epochs=config.max_epochs,
+        ),
+    )
+    best = read_best(group.group_dir)
+    result.best = {k: best[k] for k in ("trial", "params", "metrics", "artifact_sha256")}
+    result.files["group"] = str(group.group_dir)
+    return group.group_dir
+
+
+def _build(
+    config: PipelineConfig,
+    client: Any,
+    registry: str,
+    password: str,
+    group_dir: Path,
+    home: Path,
+    result: PipelineResult,
+) -> None:
+    from .build.model_image import BuildConfig, build_model
+    from .imageref import ImageRef
+
+    image = ImageRef.parse(f"{registry}/{config.repository}").with_tag(result.best["artifact_sha256"][:12])
+    summary = build_model(
+        BuildConfig(
+            source=str(group_dir),
+            image=str(image),
+            smoke_test=True,
+            push=True,
+            username=config.username,
+            password=password,
+            work_dir=str(home / "work"),
+            reuse=True,
+        ),
+        client,
+        cache_dir=home,
+    )
+    result.image, result.reference, result.size = summary.image, summary.reference or "", summary.size or 0
+
+
+def _serve(config: PipelineConfig, client: Any, password: str, result: PipelineResult, cleanup: ExitStack) -> None:
+    from .build.verify import digit_labels, example_digits, serve_image
+    from .client import Endpoint, QueryConfig, load_inputs, predict
+
+    client.images.pull(result.reference, auth_config={"username": config.username, "password": password})
+    container, url = serve_image(client, result.reference)
+    cleanup.callback(container.remove, force=True)
+    files = list(config.images) or example_digits()
+    labels = digit_labels()
+    preds = predict(load_inputs(files), QueryConfig(Endpoint(url=f"{url}/api/v1.0/predictions")))
+    result.predictions = [
+        {
+            "image": Path(p.name).name,
+            "digit": p.digit,
+            "probability": round(p.probability, 4),
+            "label": labels.get(Path(p.name).name),
+        }
+        for p in preds
+    ]
 
 
 def summary_lines(r: PipelineResult) -> Iterator[str]:
@@ -198,4 +235,8 @@ def summary_lines(r: PipelineResult) -> Iterator[str]:
         mark = "" if p["label"] is None else ("  ok" if p["digit"] == p["label"] else f"  (label {p['label']})")
         yield f"  {p['image']:<22} -> {p['digit']}  p={p['probability']:.3f}{mark}"
     yield f"files        runs: {r.files.get('group')}   cluster resources: {r.files.get('cluster')}"
-    yield "timings      " + ", ".join(f"{k} {v:.1f}s" for k, v in r.steps.items()) + f"  (total {sum(r.steps.values()):.1f}s)"
+    yield (
+        "timings      "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in r.steps.items())
+        + f"  (total {sum(r.steps.values()):.1f}s)"
+    )

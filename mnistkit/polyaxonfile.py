@@ -21,16 +21,29 @@ from __future__ import annotations
 import ast
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import yaml
 
 from .errors import SearchError
 
-__all__ = ["Distribution", "EarlyStopping", "SearchSpec", "read_polyaxonfile", "parse_polyaxonfile", "write_v1", "DISCRETE", "CONTINUOUS"]
+__all__ = [
+    "Distribution",
+    "EarlyStopping",
+    "SearchSpec",
+    "read_polyaxonfile",
+    "parse_polyaxonfile",
+    "parse_distribution",
+    "render",
+    "without_output_flags",
+    "write_v1",
+    "DISCRETE",
+    "CONTINUOUS",
+]
 
 # name -> names of its arguments, in the order of the "a:b:c" string form
 DISCRETE = {
@@ -52,9 +65,55 @@ CONTINUOUS = {
     "qlognormal": ("loc", "scale", "q"),
 }
 _V1_ALIASES = {"choice": "values", "pchoice": "pvalues"}
-_V0_TOP = {"version", "kind", "hptuning", "declarations", "build", "run", "environment", "logging", "tags", "name", "description", "params"}
+_V0_TOP = {
+    "version",
+    "kind",
+    "hptuning",
+    "declarations",
+    "build",
+    "run",
+    "environment",
+    "logging",
+    "tags",
+    "name",
+    "description",
+    "params",
+}
 _V0_HPTUNING = {"concurrency", "random_search", "grid_search", "matrix", "early_stopping", "seed", "hyperband", "bo"}
-_V1_TOP = {"version", "kind", "name", "description", "tags", "matrix", "params", "component", "hubRef", "pathRef", "urlRef", "presets", "queue", "cache", "termination", "plugins", "isPreset", "isApproved", "cost", "schedule", "dependencies", "trigger", "conditions", "skipOnUpstreamSkip", "events", "hooks", "joins", "inputs", "outputs", "run", "runPatch", "patchStrategy"}
+_V1_TOP = {
+    "version",
+    "kind",
+    "name",
+    "description",
+    "tags",
+    "matrix",
+    "params",
+    "component",
+    "hubRef",
+    "pathRef",
+    "urlRef",
+    "presets",
+    "queue",
+    "cache",
+    "termination",
+    "plugins",
+    "isPreset",
+    "isApproved",
+    "cost",
+    "schedule",
+    "dependencies",
+    "trigger",
+    "conditions",
+    "skipOnUpstreamSkip",
+    "events",
+    "hooks",
+    "joins",
+    "inputs",
+    "outputs",
+    "run",
+    "runPatch",
+    "patchStrategy",
+}
 _TEMPLATE = re.compile(r"\{\{\s*([\w.]+)\s*\}\}")
 
 
@@ -91,7 +150,7 @@ class Distribution:
     def sample(self, rng: np.random.Generator) -> Any:
         """One random draw (random search)."""
         if self.kind == "pvalues":
-            values, probs = zip(*self.values)
+            values, probs = zip(*self.values, strict=False)
             return _py(values[int(rng.choice(len(values), p=np.asarray(probs, dtype=float) / sum(probs)))])
         if self.discrete:
             pts = self.points()
@@ -181,7 +240,7 @@ def parse_distribution(kind: str, value: Any, where: str) -> Distribution:
         probs = [_number(p[1], where) for p in value]
         if any(p < 0 for p in probs) or abs(sum(probs) - 1) > 1e-6:
             raise SearchError(f"{where}: 'pvalues' probabilities must be >= 0 and sum to 1")
-        return Distribution(kind, values=tuple((p[0], pr) for p, pr in zip(value, probs)))
+        return Distribution(kind, values=tuple((p[0], pr) for p, pr in zip(value, probs, strict=False)))
     names = DISCRETE.get(kind) or CONTINUOUS.get(kind)
     if names is None:
         known = ", ".join([*DISCRETE, *CONTINUOUS])
@@ -270,30 +329,8 @@ def _parse_v0(doc: dict[str, Any], name: str) -> SearchSpec:
     for unsupported in ("hyperband", "bo"):
         if unsupported in hp:
             raise SearchError(f"hptuning: {unsupported} search is not supported here; use grid_search or random_search")
-    matrix_doc = hp.get("matrix")
-    if not isinstance(matrix_doc, dict) or not matrix_doc:
-        raise SearchError("hptuning: matrix is missing or empty")
-    matrix = {}
-    for key, spec in matrix_doc.items():
-        if not isinstance(spec, dict) or len(spec) != 1:
-            raise SearchError(f"hptuning.matrix.{key}: give exactly one distribution (e.g. linspace: 0.001:0.1:5)")
-        (dist, value), = spec.items()
-        matrix[key] = parse_distribution(dist, value, f"hptuning.matrix.{key}")
-    if "random_search" in hp and "grid_search" in hp:
-        raise SearchError("hptuning: choose one of random_search and grid_search")
-    algorithm, n_runs = "grid", None
-    if "random_search" in hp:
-        algorithm = "random"
-        rs = hp["random_search"] or {}
-        _check_keys(rs, {"n_experiments"}, "hptuning.random_search")
-        if "n_experiments" not in rs:
-            raise SearchError("hptuning.random_search: n_experiments is required")
-        n_runs = int(_number(rs["n_experiments"], "hptuning.random_search.n_experiments"))
-    elif "grid_search" in hp:
-        gs = hp["grid_search"] or {}
-        _check_keys(gs, {"n_experiments"}, "hptuning.grid_search")
-        if "n_experiments" in gs:
-            n_runs = int(_number(gs["n_experiments"], "hptuning.grid_search.n_experiments"))
+    matrix = _v0_matrix(hp.get("matrix"))
+    algorithm, n_runs = _v0_algorithm(hp)
     stops = []
     for i, es in enumerate(hp.get("early_stopping") or []):
         if not isinstance(es, dict):
@@ -301,10 +338,46 @@ def _parse_v0(doc: dict[str, Any], name: str) -> SearchSpec:
         _check_keys(es, {"metric", "value", "optimization", "policy"}, f"hptuning.early_stopping[{i}]")
         stops.append(_early_stop(es, f"hptuning.early_stopping[{i}]"))
     return SearchSpec(
-        algorithm, matrix=matrix, params=dict(declarations), args=args, n_runs=n_runs,
+        algorithm,
+        matrix=matrix,
+        params=dict(declarations),
+        args=args,
+        n_runs=n_runs,
         concurrency=int(_number(hp.get("concurrency", 1), "hptuning.concurrency")),
-        seed=hp.get("seed"), early_stopping=tuple(stops), name=name, source_format="v0",
+        seed=hp.get("seed"),
+        early_stopping=tuple(stops),
+        name=name,
+        source_format="v0",
     )
+
+
+def _v0_matrix(matrix_doc: Any) -> dict[str, Distribution]:
+    if not isinstance(matrix_doc, dict) or not matrix_doc:
+        raise SearchError("hptuning: matrix is missing or empty")
+    matrix = {}
+    for key, spec in matrix_doc.items():
+        if not isinstance(spec, dict) or len(spec) != 1:
+            raise SearchError(f"hptuning.matrix.{key}: give exactly one distribution (e.g. linspace: 0.001:0.1:5)")
+        ((dist, value),) = spec.items()
+        matrix[key] = parse_distribution(dist, value, f"hptuning.matrix.{key}")
+    return matrix
+
+
+def _v0_algorithm(hp: dict[str, Any]) -> tuple[str, int | None]:
+    """(grid or random, number of experiments) of a 2018 hptuning section."""
+    if "random_search" in hp and "grid_search" in hp:
+        raise SearchError("hptuning: choose one of random_search and grid_search")
+    if "random_search" in hp:
+        rs = hp["random_search"] or {}
+        _check_keys(rs, {"n_experiments"}, "hptuning.random_search")
+        if "n_experiments" not in rs:
+            raise SearchError("hptuning.random_search: n_experiments is required")
+        return "random", int(_number(rs["n_experiments"], "hptuning.random_search.n_experiments"))
+    gs = hp.get("grid_search") or {}
+    _check_keys(gs, {"n_experiments"}, "hptuning.grid_search")
+    if "n_experiments" in gs:
+        return "grid", int(_number(gs["n_experiments"], "hptuning.grid_search.n_experiments"))
+    return "grid", None
 
 
 def _early_stop(es: Mapping[str, Any], where: str) -> EarlyStopping:
@@ -356,9 +429,15 @@ def _parse_v1(doc: dict[str, Any], name: str) -> SearchSpec:
         stops.append(_early_stop(es, f"matrix.earlyStopping[{i}]"))
     n = matrix_doc.get("numRuns")
     return SearchSpec(
-        mkind, matrix=matrix, params=params, args=args, n_runs=int(n) if n is not None else None,
-        concurrency=int(matrix_doc.get("concurrency", 1)), seed=matrix_doc.get("seed"),
-        early_stopping=tuple(stops), name=doc.get("name") or name,
+        mkind,
+        matrix=matrix,
+        params=params,
+        args=args,
+        n_runs=int(n) if n is not None else None,
+        concurrency=int(matrix_doc.get("concurrency", 1)),
+        seed=matrix_doc.get("seed"),
+        early_stopping=tuple(stops),
+        name=doc.get("name") or name,
     )
 
 
@@ -378,7 +457,9 @@ def parse_polyaxonfile(doc: Any, name: str = "mnist") -> SearchSpec:
     if spec.algorithm == "grid":
         for key, dist in spec.matrix.items():
             if not dist.discrete:
-                raise SearchError(f"matrix.{key}: {dist.kind} is continuous; a grid search needs discrete values (values, range, linspace, logspace, geomspace)")
+                raise SearchError(
+                    f"matrix.{key}: {dist.kind} is continuous; a grid search needs discrete values (values, range, linspace, logspace, geomspace)"
+                )
     used = {m.split(".")[0] for a in spec.args for m in _TEMPLATE.findall(a)}
     missing = sorted(used - set(spec.matrix) - set(spec.params) - {"globals"})
     if missing:
@@ -437,11 +518,20 @@ def without_output_flags(args: tuple[str, ...] | list[str]) -> list[str]:
     return out
 
 
-def write_v1(spec: SearchSpec, path: str | Path, *, image: str, extra_args: tuple[str, ...] = (),
-             volumes: Mapping[str, str] | None = None) -> Path:
+def write_v1(
+    spec: SearchSpec,
+    path: str | Path,
+    *,
+    image: str,
+    extra_args: tuple[str, ...] = (),
+    volumes: tuple[tuple[str, str, bool], ...] = (),
+    output_dir: str = "{{ globals.run_outputs_path }}",
+    run_name: str = "model",
+) -> Path:
     """Write ``spec`` as a current polyaxonfile: an operation with a matrix whose job runs
-    ``mnistkit-train`` in ``image`` with the spec's own flags. ``volumes`` maps PVC claim
-    names to mount paths."""
+    ``mnistkit-train`` in ``image`` with the spec's own flags. ``volumes`` are
+    (PVC claim, mount path, read-only); each trial's run folder is ``output_dir/run_name``
+    (Polyaxon fills ``{{ globals.* }}``)."""
     names = list(spec.matrix) + [k for k in spec.params if k not in spec.matrix]
     inputs = []
     for key in names:
@@ -449,34 +539,39 @@ def write_v1(spec: SearchSpec, path: str | Path, *, image: str, extra_args: tupl
         if key in spec.matrix:
             d = spec.matrix[key]
             sample = d.points()[0] if d.discrete else d.args[0]
-        typ = _INPUT_TYPES.get(type(sample), "str")
-        entry: dict[str, Any] = {"name": key, "type": typ}
+        entry: dict[str, Any] = {"name": key, "type": _INPUT_TYPES.get(type(sample), "str")}
         if key not in spec.matrix:
             entry.update(value=spec.params[key], isOptional=True)
         inputs.append(entry)
-    args = [*without_output_flags(spec.args), *extra_args, "--output-dir={{ globals.run_outputs_path }}", "--run-name=model"]
+    args = [*without_output_flags(spec.args), *extra_args, f"--output-dir={output_dir}", f"--run-name={run_name}"]
     container: dict[str, Any] = {"image": image, "command": ["mnistkit-train"], "args": args}
     job: dict[str, Any] = {"kind": "job", "container": container}
     if volumes:
-        container["volumeMounts"] = [{"name": c, "mountPath": m} for c, m in volumes.items()]
-        job["volumes"] = [{"name": c, "persistentVolumeClaim": {"claimName": c}} for c in volumes]
+        container["volumeMounts"] = [
+            {"name": c, "mountPath": m, **({"readOnly": True} if ro else {})} for c, m, ro in volumes
+        ]
+        job["volumes"] = [{"name": c, "persistentVolumeClaim": {"claimName": c}} for c, _, _ in volumes]
     doc: dict[str, Any] = {"version": 1.1, "kind": "operation", "name": spec.name}
     if spec.algorithm in ("grid", "random"):
-        matrix: dict[str, Any] = {"kind": spec.algorithm}
-        if spec.n_runs:
-            matrix["numRuns"] = spec.n_runs
-        matrix["concurrency"] = spec.concurrency
-        if spec.algorithm == "random" and spec.seed is not None:
-            matrix["seed"] = spec.seed
-        matrix["params"] = {k: d.to_v1() for k, d in spec.matrix.items()}
-        if spec.early_stopping:
-            matrix["earlyStopping"] = [
-                {"kind": "metric_early_stopping", "metric": e.metric, "value": e.value, "optimization": e.optimization}
-                for e in spec.early_stopping
-            ]
-        doc["matrix"] = matrix
+        doc["matrix"] = _v1_matrix(spec)
     doc["component"] = {"version": 1.1, "kind": "component", "name": "mnistkit-train", "inputs": inputs, "run": job}
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
     return out
+
+
+def _v1_matrix(spec: SearchSpec) -> dict[str, Any]:
+    matrix: dict[str, Any] = {"kind": spec.algorithm}
+    if spec.n_runs:
+        matrix["numRuns"] = spec.n_runs
+    matrix["concurrency"] = spec.concurrency
+    if spec.algorithm == "random" and spec.seed is not None:
+        matrix["seed"] = spec.seed
+    matrix["params"] = {k: d.to_v1() for k, d in spec.matrix.items()}
+    if spec.early_stopping:
+        matrix["earlyStopping"] = [
+            {"kind": "metric_early_stopping", "metric": e.metric, "value": e.value, "optimization": e.optimization}
+            for e in spec.early_stopping
+        ]
+    return matrix

@@ -7,16 +7,15 @@ shared preprocessing (``mnistkit.data.preprocess``) and returns class probabilit
 ``[n, 10]``. Bad input is refused with HTTP 400 and a message, never a 500.
 
 Configuration: constructor parameters (``model_path``, ``max_batch``, ``threads``, as
-SeldonDeployment ``parameters``) or the environment (``MNISTKIT_MODEL``,
-``MNISTKIT_MAX_BATCH``, ``MNISTKIT_TORCH_THREADS``). The default model path is
-``./model``, where the s2i build puts it.
+SeldonDeployment ``parameters``) or ``mnistkit.settings`` (``MNISTKIT_MODEL``,
+``MNISTKIT_MAX_BATCH``, ``MNISTKIT_THREADS``, ...). The default model path is ``./model``,
+where the s2i build puts it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, NoReturn
@@ -24,63 +23,21 @@ from typing import Any, NoReturn
 import numpy as np
 
 from .errors import ArtifactError, ServingError
+from .pixels import PIXELS, SHAPES, BadInput, decode_image, to_pixels
+from .settings import settings
 
-__all__ = ["MnistModel", "BadInput", "to_pixels"]
+__all__ = ["MnistModel", "golden_image"]
 
 log = logging.getLogger(__name__)
 
-PIXELS = 28 * 28
 DIGITS = [str(d) for d in range(10)]
-GOLDEN = Path(__file__).parent / "assets" / "golden-7.png"
 
 
-class BadInput(ValueError):
-    """A request the model cannot answer; becomes HTTP 400."""
+def golden_image() -> bytes:
+    """A real MNIST test 7 that ships in the package: the health check predicts it."""
+    from importlib.resources import files
 
-
-def to_pixels(X: Any, *, max_batch: int, invert: bool = False) -> np.ndarray:
-    """Validate a request payload and return ``(n, 28, 28)`` float32 pixels 0..255.
-
-    Raises ``BadInput`` naming what is wrong.
-    """
-    if isinstance(X, (bytes, bytearray)):
-        from .images import decode_image
-
-        try:
-            return decode_image(bytes(X), invert=invert, name="binData").pixels[None].astype(np.float32)
-        except ValueError as e:
-            raise BadInput(str(e)) from None
-    if isinstance(X, str):
-        raise BadInput("strData is not accepted: send pixels as tensor/ndarray, or an image as binData")
-    if isinstance(X, dict):
-        raise BadInput("jsonData is not accepted: send pixels as tensor/ndarray, or an image as binData")
-    try:
-        arr = np.asarray(X)
-    except ValueError:
-        raise BadInput("the ndarray is ragged; every image must have 784 pixels") from None
-    if arr.size == 0:
-        raise BadInput("the request holds no pixels; send 784 values (0..255) per image")
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        kind = "strings" if arr.dtype.kind in "USO" else str(arr.dtype)
-        raise BadInput(f"pixels must be numbers 0..255, got {kind}")
-    shape = arr.shape
-    if shape in ((PIXELS,), (28, 28)):
-        n = 1
-    elif len(shape) == 2 and shape[1] == PIXELS or len(shape) == 3 and shape[1:] == (28, 28) or len(shape) == 4 and shape[1:] == (1, 28, 28):
-        n = shape[0]
-    else:
-        raise BadInput(
-            f"cannot read shape {list(shape)} as images: use [784], [n, 784], [28, 28], [n, 28, 28] or [n, 1, 28, 28]"
-        )
-    if n > max_batch:
-        raise BadInput(f"batch of {n} images is over the limit of {max_batch}; split the request")
-    pixels = arr.astype(np.float32, copy=False).reshape(n, 28, 28)
-    if not np.isfinite(pixels).all():
-        raise BadInput("pixels must be finite numbers; the request holds NaN or Infinity")
-    lo, hi = float(pixels.min()), float(pixels.max())
-    if lo < 0 or hi > 255:
-        raise BadInput(f"pixels must lie in 0..255 (raw intensities), got values from {lo:g} to {hi:g}")
-    return pixels
+    return (files("mnistkit") / "assets" / "digits" / "mnist-test-0000.png").read_bytes()
 
 
 class MnistModel:
@@ -96,14 +53,15 @@ class MnistModel:
     ) -> None:
         from .artifact import read_manifest
 
-        self.model_path = Path(model_path or os.environ.get("MNISTKIT_MODEL") or "model")
-        self.max_batch = int(max_batch or os.environ.get("MNISTKIT_MAX_BATCH") or 256)
-        self.threads = int(threads or os.environ.get("MNISTKIT_TORCH_THREADS") or 1)
+        env = settings()
+        self.model_path = Path(model_path or env.model)
+        self.max_batch = int(max_batch or env.max_batch)
+        self.max_image_pixels = env.max_image_pixels
+        self.threads = int(threads or env.threads)
         self.invert = invert
         # Seldon writes custom metrics to a multiprocessing manager (two IPC round trips per
         # update), so counters are handed over at most once per interval, not per request.
-        env_interval = os.environ.get("MNISTKIT_METRICS_INTERVAL")
-        self.metrics_interval = float(metrics_interval if metrics_interval is not None else env_interval or 1.0)
+        self.metrics_interval = float(metrics_interval if metrics_interval is not None else env.metrics_interval)
         self._last_flush = 0.0
         try:
             # Verify at start-up so a missing or tampered artifact stops the server at once.
@@ -149,22 +107,25 @@ class MnistModel:
     def predict(self, X: Any, features_names: Any = None, **kwargs: Any) -> np.ndarray:
         """Pixels or image bytes -> probabilities ``(n, 10)``, rows summing to 1."""
         try:
-            pixels = to_pixels(X, max_batch=self.max_batch, invert=self.invert)
+            pixels = to_pixels(X, max_batch=self.max_batch, max_image_pixels=self.max_image_pixels, invert=self.invert)
         except BadInput as e:
             self._refuse(str(e))
         return self.predict_pixels(pixels)
 
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """Validated ``(n, 28, 28)`` pixels 0..255 -> probabilities ``(n, 10)``."""
+        """Validated ``(n, 28, 28)`` pixels 0..255 -> probabilities ``(n, 10)``, counted."""
+        out = self._infer(pixels)
+        np.add.at(self._pending, out.argmax(axis=1), 1)
+        return out
+
+    def _infer(self, pixels: np.ndarray) -> np.ndarray:
         import torch
 
         self.load()
         with torch.inference_mode():
             x = self._preprocess(torch.from_numpy(pixels))  # (n, 1, 28, 28)
             probs = self._network(x).exp()  # (n, 10)
-        out = probs.numpy()
-        np.add.at(self._pending, out.argmax(axis=1), 1)
-        return out
+        return probs.numpy()
 
     def class_names(self) -> list[str]:
         return DIGITS
@@ -199,11 +160,8 @@ class MnistModel:
 
     def health_status(self) -> np.ndarray:
         """A real prediction on the built-in golden image (an MNIST test 7)."""
-        from .images import decode_image
-
-        pixels = decode_image(GOLDEN.read_bytes()).pixels[None].astype(np.float32)
-        probs = self.predict_pixels(pixels)
-        self._pending[:] = 0  # health checks are not traffic
+        pixels = decode_image(golden_image()).pixels[None].astype(np.float32)
+        probs = self._infer(pixels)  # not counted: health checks are not traffic
         if not (np.isfinite(probs).all() and abs(float(probs.sum()) - 1) < 1e-3):
             raise ServingError("health check failed: the model returned invalid probabilities")
         return probs
@@ -221,7 +179,7 @@ class MnistModel:
             "outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}],
             "custom": {
                 "input_range": "raw pixel intensities 0..255, white digit on black",
-                "input_shapes": "[784], [n,784], [28,28], [n,28,28], [n,1,28,28]; or an image as binData",
+                "input_shapes": f"{SHAPES}; or an image as binData",
                 "max_batch": str(self.max_batch),
                 "run_id": str(m.get("run", {}).get("id", "")),
                 "params": json.dumps(m.get("train_config", {}), sort_keys=True),
@@ -255,7 +213,11 @@ class MnistModel:
                 self._refuse("data.ndarray is ragged; every image must have 784 pixels")
         tensor = data.get("tensor")
         if tensor is not None:
-            if not isinstance(tensor, dict) or not isinstance(tensor.get("shape"), list) or not isinstance(tensor.get("values"), list):
+            if (
+                not isinstance(tensor, dict)
+                or not isinstance(tensor.get("shape"), list)
+                or not isinstance(tensor.get("values"), list)
+            ):
                 self._refuse("data.tensor needs a list 'shape' and a list 'values'")
             try:
                 want = int(np.prod(tensor["shape"])) if tensor["shape"] else 1

@@ -12,8 +12,9 @@ import json
 import logging
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 from .errors import ConfigError
 
@@ -111,8 +112,10 @@ class _Fanout:
 
 def polyaxon_managed(environ: Mapping[str, str] | None = None) -> bool:
     """True when this process runs inside a Polyaxon-managed job (or is told so)."""
+    from .settings import Settings
+
     env = os.environ if environ is None else environ
-    mode = env.get("MNISTKIT_POLYAXON", "auto").lower()
+    mode = Settings.from_env(env).polyaxon.lower()
     if mode in ("on", "offline"):
         return True
     if mode == "off":
@@ -125,9 +128,12 @@ def open_tracker(run_dir: Path, *, polyaxon: bool | None = None) -> tuple[Tracke
     trackers: list[Tracker] = [LocalTracker(run_dir)]
     px = None
     if polyaxon if polyaxon is not None else polyaxon_managed():
-        offline = os.environ.get("MNISTKIT_POLYAXON", "").lower() == "offline" or os.environ.get(
-            "POLYAXON_IS_OFFLINE", ""
-        ).lower() in ("1", "true")
+        from .settings import settings
+
+        offline = settings().polyaxon.lower() == "offline" or os.environ.get("POLYAXON_IS_OFFLINE", "").lower() in (
+            "1",
+            "true",
+        )
         px = PolyaxonTracker(offline=offline, artifacts_path=str(run_dir / "polyaxon") if offline else None)
         trackers.append(px)
         log.info("reporting metrics to Polyaxon%s", " (offline)" if offline else "")

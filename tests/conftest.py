@@ -1,20 +1,14 @@
-"""Shared fixtures: the real MNIST data loaded once, and one tiny trained run."""
+"""Shared fixtures: the real MNIST data loaded once, one tiny trained run, and the real
+components the packaging tests need — a dockerd and a registry with htpasswd auth on
+loopback, and mnistkit's builder image (cached under .mnistkit/ between runs)."""
 
 from __future__ import annotations
 
-import socket
-from pathlib import Path
+import shutil
 
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from support import CANARY, HOME, USER, free_port
 
 
 @pytest.fixture(scope="session")
@@ -27,15 +21,82 @@ def mnist():
 @pytest.fixture(scope="session")
 def trained_run(mnist, tmp_path_factory):
     """A real, short training run (5,000 images, 2 epochs): good enough to predict digits."""
-    from mnistkit.train import TrainConfig, fit
+    from mnistkit.config import TrainConfig
+    from mnistkit.train import fit
 
     out = tmp_path_factory.mktemp("runs")
-    config = TrainConfig(epochs=2, lr=0.1, momentum=0.5, batch_size=64, train_samples=5000,
-                         output_dir=str(out), run_name="tiny", seed=3)
+    config = TrainConfig(
+        epochs=2, lr=0.1, momentum=0.5, batch_size=64, train_samples=5000, output_dir=str(out), run_name="tiny", seed=3
+    )
     return fit(config, mnist)
 
 
 @pytest.fixture(autouse=True)
-def _no_polyaxon_env(monkeypatch):
-    for key in ("POLYAXON_RUN_INSTANCE", "POLYAXON_IS_MANAGED", "MNISTKIT_POLYAXON"):
+def _clean_env(monkeypatch):
+    """No Polyaxon and no registry credentials leak in from the environment running the tests."""
+    for key in (
+        "POLYAXON_RUN_INSTANCE",
+        "POLYAXON_IS_MANAGED",
+        "MNISTKIT_POLYAXON",
+        "MNISTKIT_REGISTRY",
+        "MNISTKIT_REGISTRY_USERNAME",
+        "MNISTKIT_REGISTRY_PASSWORD",
+    ):
         monkeypatch.delenv(key, raising=False)
+
+
+def _have(*tools: str) -> bool:
+    return all(shutil.which(t) or shutil.which(t, path="/usr/sbin:/usr/bin") for t in tools)
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    if not _have("dockerd", "docker-registry", "htpasswd", "debootstrap"):
+        pytest.fail("dockerd, docker-registry, htpasswd and debootstrap must be installed (make test installs them)")
+    from mnistkit.local.dockerd import LocalDocker
+
+    engine = LocalDocker(HOME / "docker").start()
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_client(docker_engine):
+    return docker_engine.client()
+
+
+@pytest.fixture(scope="session")
+def builder_image(docker_client):
+    from mnistkit.build.builder_image import ensure_image
+
+    return ensure_image(docker_client, "seldon-torch", cache_dir=HOME)
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    from mnistkit.local.registry import LocalRegistry
+
+    reg = LocalRegistry(tmp_path_factory.mktemp("registry"), free_port(), USER, CANARY).start()
+    yield reg
+    reg.stop()
+
+
+@pytest.fixture(scope="session")
+def built(trained_run, docker_client, builder_image, registry, tmp_path_factory):
+    """The tiny run built into an image, smoke-tested and pushed to the local registry."""
+    from mnistkit.build.model_image import BuildConfig, build_model
+
+    image = f"{registry.address}/mnistkit/mnist:ci"
+    return build_model(
+        BuildConfig(
+            source=str(trained_run.run_dir),
+            image=image,
+            builder=builder_image,
+            smoke_test=True,
+            push=True,
+            username=USER,
+            password=CANARY,
+            work_dir=str(tmp_path_factory.mktemp("work")),
+        ),
+        docker_client,
+    )

@@ -23,8 +23,13 @@ def test_round_trip_keeps_weights_and_metadata(tmp_path):
         assert torch.equal(model.network.state_dict()[k], v)
     m = model.manifest
     assert m["metrics"]["test_accuracy"] == 0.5 and m["run"]["id"] == "r1"
-    assert m["preprocessing"] == {"scale": 255.0, "mean": 0.1307, "std": 0.3081, "layout": "NCHW",
-                                  "input": "raw pixels 0..255, white on black"}
+    assert m["preprocessing"] == {
+        "scale": 255.0,
+        "mean": 0.1307,
+        "std": 0.3081,
+        "layout": "NCHW",
+        "input": "raw pixels 0..255, white on black",
+    }
     assert {"mnistkit", "torch", "python"} <= set(m["versions"])
     assert not model.network.training
     # a run folder and the manifest path both resolve to the same artifact

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from conftest import REPO, free_port
 from mnistkit.cli.query import main as query_main
 from mnistkit.client import Endpoint, QueryConfig, build_payload, load_inputs, predict
-from mnistkit.images import encode_png
-from mnistkit.microservice import start_microservice
+from mnistkit.local.microservice import start_microservice
+from mnistkit.pixels import encode_png
+from support import REPO, free_port
 
 IMAGES = REPO / "examples" / "images"
 LABELS = json.loads((IMAGES / "labels.json").read_text())
@@ -30,7 +30,7 @@ def server(trained_run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def gateway(server, tmp_path_factory):
-    from gateway import Gateway
+    from support.gateway import Gateway
 
     gw = Gateway(tmp_path_factory.mktemp("nginx"), server.http_port)
     yield gw
@@ -86,8 +86,9 @@ def test_both_gateway_routes_through_nginx(gateway, route, digits):
     endpoint = Endpoint(host=gateway.endpoint, route=route, deployment="mnist", namespace="seldon")
     preds = predict(load_inputs(list(digits)[:5]), QueryConfig(endpoint))
     assert len(preds) == 5
-    result = CliRunner(mix_stderr=False).invoke(query_main, [
-        "--endpoint", gateway.endpoint, "--route", route, str(IMAGES / "mnist-test-0000.png")])
+    result = CliRunner(mix_stderr=False).invoke(
+        query_main, ["--endpoint", gateway.endpoint, "--route", route, str(IMAGES / "mnist-test-0000.png")]
+    )
     assert result.exit_code == 0, result.stderr
     assert result.stdout.splitlines()[1].split()[1] == "7"
 
@@ -97,8 +98,13 @@ def test_same_probabilities_as_seldons_own_client(gateway, digits):
 
     inputs = load_inputs(list(digits)[:3])
     ours = predict(inputs, QueryConfig(Endpoint(host=gateway.endpoint)))
-    sc = SeldonClient(gateway="ambassador", transport="rest", gateway_endpoint=gateway.endpoint,
-                      namespace="seldon", deployment_name="mnist")
+    sc = SeldonClient(
+        gateway="ambassador",
+        transport="rest",
+        gateway_endpoint=gateway.endpoint,
+        namespace="seldon",
+        deployment_name="mnist",
+    )
     x = np.stack([i.pixels.reshape(784) for i in inputs]).astype(np.float64)
     theirs = sc.predict(data=x, payload_type="tensor")
     assert theirs.success, theirs.msg
@@ -107,9 +113,18 @@ def test_same_probabilities_as_seldons_own_client(gateway, digits):
 
 
 def test_cli_json_output(server):
-    result = CliRunner(mix_stderr=False).invoke(query_main, [
-        "--endpoint", f"127.0.0.1:{server.http_port}", "--route", "direct", "--json",
-        str(IMAGES / "mnist-test-0001.png"), str(IMAGES / "mnist-test-0002.png")])
+    result = CliRunner(mix_stderr=False).invoke(
+        query_main,
+        [
+            "--endpoint",
+            f"127.0.0.1:{server.http_port}",
+            "--route",
+            "direct",
+            "--json",
+            str(IMAGES / "mnist-test-0001.png"),
+            str(IMAGES / "mnist-test-0002.png"),
+        ],
+    )
     assert result.exit_code == 0, result.stderr
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["digit"] for r in rows] == [2, 1]
@@ -136,8 +151,10 @@ def test_bad_inputs_each_give_one_clear_line(server, tmp_path):
     cases = {
         "missing file": (ep + [str(tmp_path / "nope.png")], "no such file"),
         "not an image": (ep + [str(tmp_path / "notes.txt")], "not an image Pillow can read"),
-        "unreachable": (["--endpoint", f"127.0.0.1:{free_port()}", "--retries", "1", "--timeout", "2",
-                         str(IMAGES / "87.png")], "cannot reach"),
+        "unreachable": (
+            ["--endpoint", f"127.0.0.1:{free_port()}", "--retries", "1", "--timeout", "2", str(IMAGES / "87.png")],
+            "cannot reach",
+        ),
     }
     for name, (args, message) in cases.items():
         r = _run(args)
@@ -150,13 +167,22 @@ def test_bad_inputs_each_give_one_clear_line(server, tmp_path):
 
 
 def test_server_400_shows_seldons_info(server, tmp_path):
-    too_bright = tmp_path / "x.npy"
-    np.save(too_bright, np.full((28, 28), 300.0))
-    r = _run(["--endpoint", f"127.0.0.1:{server.http_port}", "--route", "direct", str(too_bright)])
+    too_many = tmp_path / "x.npy"
+    np.save(too_many, np.zeros((300, 28, 28), dtype=np.uint8))  # the client cannot know the server's limit
+    r = _run(["--endpoint", f"127.0.0.1:{server.http_port}", "--route", "direct", str(too_many)])
     assert r.exit_code == 1
     assert r.stderr.strip() == (
         f"Error: http://127.0.0.1:{server.http_port}/api/v1.0/predictions answered 400: "
-        "pixels must lie in 0..255 (raw intensities), got values from 300 to 300")
+        "batch of 300 images is over the limit of 256; split the request"
+    )
+
+
+def test_the_client_applies_the_servers_pixel_rules_before_sending(tmp_path):
+    too_bright = tmp_path / "x.npy"
+    np.save(too_bright, np.full((28, 28), 300.0))
+    r = _run(["--endpoint", f"127.0.0.1:{free_port()}", "--route", "direct", str(too_bright)])  # nothing listens there
+    assert r.exit_code == 1
+    assert r.stderr.strip() == "Error: pixels must lie in 0..255 (raw intensities), got values from 300 to 300"
 
 
 def test_client_does_not_import_torch():
@@ -169,8 +195,18 @@ def test_client_does_not_import_torch():
 def test_no_batch_reports_each_failure_and_goes_on(server, tmp_path):
     too_bright = tmp_path / "bright.npy"
     np.save(too_bright, np.full((28, 28), 300.0))
-    r = _run(["--endpoint", f"127.0.0.1:{server.http_port}", "--route", "direct", "--no-batch",
-              str(IMAGES / "mnist-test-0000.png"), str(too_bright), str(IMAGES / "mnist-test-0001.png")])
+    r = _run(
+        [
+            "--endpoint",
+            f"127.0.0.1:{server.http_port}",
+            "--route",
+            "direct",
+            "--no-batch",
+            str(IMAGES / "mnist-test-0000.png"),
+            str(too_bright),
+            str(IMAGES / "mnist-test-0001.png"),
+        ]
+    )
     assert r.exit_code == 1
     assert [line.split()[1] for line in r.stdout.splitlines()[1:]] == ["7", "2"]
     errors = r.stderr.strip().splitlines()

@@ -6,7 +6,7 @@ import torch
 
 from mnistkit.data import MEAN, STD, load_mnist, preprocess
 from mnistkit.errors import DataError
-from conftest import REPO
+from support import REPO
 
 RAW = REPO / "examples" / "data" / "MNIST" / "raw"
 
@@ -65,9 +65,27 @@ def test_wrong_content_is_a_clear_error(tmp_path):
         load_mnist(tmp_path)
 
 
-def test_decompresses_into_writable_data_dir_and_reuses(tmp_path):
+def test_decompresses_into_writable_data_dir_and_reuses(tmp_path, monkeypatch):
     raw = _copy_gz(tmp_path)
     data = load_mnist(tmp_path)
     assert (raw / "t10k-images-idx3-ubyte").stat().st_size == 7840016
     assert len(data.test_images) == 10000
-    assert not list(raw.glob(".*"))  # no temporary files left behind
+    leftovers = [p.name for p in raw.glob(".*") if not p.name.endswith(".verified")]
+    assert not leftovers  # no temporary files left behind
+    # the second load decompresses nothing and computes no md5: it only stats the files
+    import mnistkit.data as data_module
+
+    mtimes = {p.name: p.stat().st_mtime_ns for p in raw.iterdir()}
+    md5_calls = []
+    monkeypatch.setattr(data_module, "_md5", lambda path: md5_calls.append(path) or "")
+    monkeypatch.setattr(data_module.gzip, "open", lambda *a, **k: pytest.fail("decompressed again"))
+    again = load_mnist(tmp_path)
+    assert md5_calls == [] and {p.name: p.stat().st_mtime_ns for p in raw.iterdir()} == mtimes
+    assert bool((again.test_images == data.test_images).all())
+
+
+def test_the_idx_reader_matches_torchvision(mnist):
+    from torchvision.datasets import MNIST  # the reference reader, in the test environment only
+
+    reference = MNIST("examples/data", train=False, download=False)
+    assert bool((reference.data == mnist.test_images).all()) and bool((reference.targets == mnist.test_labels).all())

@@ -1,5 +1,6 @@
-"""Cluster resources, validated against the real CRD schemas (shared/schemas), the real
-kubernetes-validate and the real `polyaxon check`; mutation tests prove each bites."""
+"""Cluster resources, validated against the real CRD schemas that ship in mnistkit/schemas,
+Kubernetes' PVC schema (cross-checked with the real kubernetes-validate) and the real
+`polyaxon check`; mutation tests prove each validator bites."""
 
 from __future__ import annotations
 
@@ -12,21 +13,17 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import REPO
 from mnistkit.cli.build import main as build_main
 from mnistkit.errors import ManifestError
-from mnistkit.manifests import (ManifestConfig, argo_workflow, manifests_for, pvcs, schemas_dir, seldon_deployment,
-                                validate_pvcs, validate_seldon, validate_workflow)
+from mnistkit.manifests import ManifestConfig, cluster_images, manifests_for
+from mnistkit.manifests.resources import argo_workflow, pvcs, seldon_deployment
+from mnistkit.manifests.validate import validate_pvcs, validate_seldon, validate_workflow
 from mnistkit.polyaxonfile import read_polyaxonfile
 from mnistkit.search import SearchConfig, run_group
+from support import REPO
 
 DIGEST = "sha256:" + "ab" * 32
 IMAGE = f"127.0.0.1:5000/mnistkit/mnist@{DIGEST}"
-
-pytestmark = pytest.mark.skipif(
-    not (schemas_dir() / "seldondeployment-crd-v1.17.1.yaml").exists(),
-    reason=f"the CRD schemas are not at {schemas_dir()} (set MNISTKIT_SCHEMAS to the folder holding them)",
-)
 
 
 @pytest.fixture(scope="module")
@@ -36,17 +33,26 @@ def group(tmp_path_factory):
     from dataclasses import replace
 
     spec = replace(spec, n_runs=2)
-    return run_group(spec, SearchConfig(output_dir=str(out), group_name="g", train_samples=300, test_samples=300, max_epochs=1))
+    return run_group(
+        spec, SearchConfig(output_dir=str(out), group_name="g", train_samples=300, test_samples=300, max_epochs=1)
+    )
 
 
 @pytest.fixture
 def cfg():
-    return ManifestConfig(image=IMAGE, provenance={"artifact_sha256": "c" * 64, "run_id": "tiny"})
+    return ManifestConfig(
+        image=IMAGE, provenance={"artifact_sha256": "c" * 64, "run_id": "tiny"}, **cluster_images("127.0.0.1:5000")
+    )
 
 
 def test_writes_the_whole_set_from_a_group(group, tmp_path):
     files = manifests_for(group.group_dir, tmp_path / "cluster", image=IMAGE)
-    assert sorted(p.name for p in files) == ["argo-workflow.yaml", "polyaxonfile.yaml", "pvcs.yaml", "seldondeployment.yaml"]
+    assert sorted(p.name for p in files) == [
+        "argo-workflow.yaml",
+        "polyaxonfile.yaml",
+        "pvcs.yaml",
+        "seldondeployment.yaml",
+    ]
     sd = yaml.safe_load((tmp_path / "cluster" / "seldondeployment.yaml").read_text())
     assert sd["apiVersion"] == "machinelearning.seldon.io/v1"
     pred = sd["spec"]["predictors"][0]
@@ -128,21 +134,37 @@ PVC_MUTATIONS = {
 }
 
 
+def kubernetes_validate(doc, tmp_path):
+    """The real kubernetes-validate --strict (its own venv: it needs jsonschema>=4)."""
+    exe = REPO / ".venv-tools" / "bin" / "kubernetes-validate"
+    path = tmp_path / "doc.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return subprocess.run([str(exe), "--strict", "--quiet", str(path)], capture_output=True, text=True).returncode
+
+
 @pytest.mark.parametrize("case", list(PVC_MUTATIONS))
-def test_pvc_validator_bites(cfg, case):
+def test_pvc_validator_bites_and_agrees_with_kubernetes_validate(cfg, case, tmp_path):
     docs = pvcs(cfg)
     validate_pvcs(copy.deepcopy(docs))
+    assert kubernetes_validate(docs[0], tmp_path) == 0
     mutate, message = PVC_MUTATIONS[case]
     mutate(docs[0])
     with pytest.raises(ManifestError, match=message):
         validate_pvcs(docs)
+    if case != "bad enum":  # the enum is the API server's rule, not in the OpenAPI schema kubernetes-validate reads
+        assert kubernetes_validate(docs[0], tmp_path) != 0
 
 
 def test_bad_name_is_refused_before_anything_is_written(trained_run, tmp_path):
-    r = CliRunner(mix_stderr=False).invoke(build_main, ["manifests", str(trained_run.run_dir), "--image", IMAGE,
-                                                         "--out", str(tmp_path / "out"), "--name", "My_Model"])
+    r = CliRunner(mix_stderr=False).invoke(
+        build_main,
+        ["manifests", str(trained_run.run_dir), "--image", IMAGE, "--out", str(tmp_path / "out"), "--name", "My_Model"],
+    )
     assert r.exit_code == 1
-    assert r.stderr.strip() == "Error: --name 'My_Model' is not a valid DNS-1123 label (lower case letters, digits and '-', at most 63)"
+    assert (
+        r.stderr.strip()
+        == "Error: --name 'My_Model' is not a valid DNS-1123 label (lower case letters, digits and '-', at most 63)"
+    )
     assert not (tmp_path / "out").exists()
 
 
@@ -171,7 +193,9 @@ def test_examples_cluster_folder_is_current_and_valid():
 
 
 @pytest.mark.cluster
-@pytest.mark.skipif(not os.environ.get("KUBECONFIG"), reason="opt-in: set KUBECONFIG to a cluster with the Seldon and Argo CRDs")
+@pytest.mark.skipif(
+    not os.environ.get("KUBECONFIG"), reason="opt-in: set KUBECONFIG to a cluster with the Seldon and Argo CRDs"
+)
 def test_server_side_dry_run(group, tmp_path):
     kubectl = shutil.which("kubectl")
     if not kubectl:

@@ -9,11 +9,10 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import free_port
-from docker_env import HOME, builder_image, docker_client, docker_engine  # noqa: F401
 from mnistkit.cli.pipeline import main as pipeline_main
 from mnistkit.errors import PipelineError
 from mnistkit.pipeline import PipelineConfig, run
+from support import HOME, free_port
 
 pytestmark = pytest.mark.docker
 
@@ -30,8 +29,9 @@ def _answers(port: int) -> bool:
 
 def test_pipeline_end_to_end_and_again(docker_engine, builder_image, tmp_path):
     port = free_port()
-    config = PipelineConfig(work_dir=str(tmp_path / "demo"), home=str(HOME), train_samples=3000, max_epochs=1,
-                            registry_port=port)
+    config = PipelineConfig(
+        work_dir=str(tmp_path / "demo"), home=str(HOME), train_samples=3000, max_epochs=1, registry_port=port
+    )
     first = run(config)
     assert list(first.steps) == ["services", "search", "build", "serve", "manifests"]
     assert first.reference.startswith(f"127.0.0.1:{port}/mnistkit/mnist@sha256:")
@@ -43,9 +43,21 @@ def test_pipeline_end_to_end_and_again(docker_engine, builder_image, tmp_path):
     assert not docker_engine.client().containers.list(filters={"ancestor": first.reference})
 
     # again, through the CLI: finished trials and layers are reused
-    r = CliRunner(mix_stderr=False).invoke(pipeline_main, [
-        "--work-dir", str(tmp_path / "demo"), "--train-samples", "3000", "--max-epochs", "1",
-        "--registry-port", str(port), "--json"], env={"MNISTKIT_HOME": str(HOME)})
+    r = CliRunner(mix_stderr=False).invoke(
+        pipeline_main,
+        [
+            "--work-dir",
+            str(tmp_path / "demo"),
+            "--train-samples",
+            "3000",
+            "--max-epochs",
+            "1",
+            "--registry-port",
+            str(port),
+            "--json",
+        ],
+        env={"MNISTKIT_HOME": str(HOME)},
+    )
     assert r.exit_code == 0, r.stderr
     second = json.loads(r.stdout)
     assert second["best"] == first.best and second["reference"] == first.reference
@@ -59,8 +71,11 @@ def test_a_failing_step_is_named_and_cleaned_up(docker_engine, tmp_path):
     with pytest.raises(PipelineError, match="step 'search' failed: hptuning.matrix.lr: unknown distribution 'zipf'"):
         run(PipelineConfig(polyaxonfile=str(bad), work_dir=str(tmp_path), home=str(HOME), registry_port=port))
     assert not _answers(port)
-    r = CliRunner(mix_stderr=False).invoke(pipeline_main, ["-f", str(bad), "--work-dir", str(tmp_path),
-                                                            "--registry-port", str(port)], env={"MNISTKIT_HOME": str(HOME)})
+    r = CliRunner(mix_stderr=False).invoke(
+        pipeline_main,
+        ["-f", str(bad), "--work-dir", str(tmp_path), "--registry-port", str(port)],
+        env={"MNISTKIT_HOME": str(HOME)},
+    )
     assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1].startswith("Error: step 'search' failed")
 
 
@@ -73,9 +88,23 @@ def test_ctrl_c_stops_what_it_started(docker_engine, tmp_path):
 
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "mnistkit.cli.pipeline", "--work-dir", str(tmp_path), "--registry-port", str(port),
-         "--train-samples", "3000", "--max-epochs", "1"],
-        env={**os.environ, "MNISTKIT_HOME": str(HOME)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        [
+            sys.executable,
+            "-m",
+            "mnistkit.cli.pipeline",
+            "--work-dir",
+            str(tmp_path),
+            "--registry-port",
+            str(port),
+            "--train-samples",
+            "3000",
+            "--max-epochs",
+            "1",
+        ],
+        env={**os.environ, "MNISTKIT_HOME": str(HOME)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     table = tmp_path / "runs" / "demo" / "trials.json"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not table.exists():

@@ -16,11 +16,11 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from conftest import REPO
 from mnistkit.cli.train import main as train_main
 from mnistkit.errors import SearchError
 from mnistkit.polyaxonfile import parse_polyaxonfile, read_polyaxonfile, write_v1
 from mnistkit.search import SearchConfig, plan_trials, read_best, run_group
+from support import REPO
 
 SEED_FILE = REPO / "examples" / "polyaxon" / "polyaxonfile_hyperparams.yml"
 CAPS = dict(train_samples=600, test_samples=500, max_epochs=1)
@@ -38,7 +38,9 @@ def polyaxon_check(path):
 @pytest.fixture(scope="module")
 def seed_group(tmp_path_factory):
     out = tmp_path_factory.mktemp("groups")
-    return run_group(read_polyaxonfile(SEED_FILE), SearchConfig(output_dir=str(out), group_name="seed", concurrency=2, **CAPS))
+    return run_group(
+        read_polyaxonfile(SEED_FILE), SearchConfig(output_dir=str(out), group_name="seed", concurrency=2, **CAPS)
+    )
 
 
 def test_the_2018_file_runs_ten_trials_from_its_space(seed_group):
@@ -85,24 +87,31 @@ def test_grid_is_the_full_product():
     doc = seed_doc()
     del doc["hptuning"]["random_search"]
     doc["hptuning"]["grid_search"] = None
-    doc["hptuning"]["matrix"] = {"lr": {"values": [0.01, 0.1]}, "momentum": {"linspace": "0.5:0.9:3"},
-                                 "batch_size_train": {"range": [32, 129, 32]}}
+    doc["hptuning"]["matrix"] = {
+        "lr": {"values": [0.01, 0.1]},
+        "momentum": {"linspace": "0.5:0.9:3"},
+        "batch_size_train": {"range": [32, 129, 32]},
+    }
     plans = plan_trials(parse_polyaxonfile(doc))
     assert len(plans) == 2 * 3 * 4
     assert {(p["lr"], p["momentum"], p["batch_size_train"]) for p in plans} == {
-        (a, b, c) for a in (0.01, 0.1) for b in (0.5, 0.7, 0.9) for c in (32, 64, 96, 128)}
+        (a, b, c) for a in (0.01, 0.1) for b in (0.5, 0.7, 0.9) for c in (32, 64, 96, 128)
+    }
 
 
-@pytest.mark.parametrize("kind, value, check", [
-    ("linspace", "0.001:0.1:5", lambda v: np.isclose(np.linspace(0.001, 0.1, 5), v).any()),
-    ("logspace", "-3:-1:3", lambda v: np.isclose([1e-3, 1e-2, 1e-1], v).any()),
-    ("geomspace", [1, 8, 4], lambda v: np.isclose([1, 2, 4, 8], v).any()),
-    ("quniform", "0:1:0.25", lambda v: v in (0, 0.25, 0.5, 0.75)),
-    ("loguniform", "-3:0", lambda v: np.exp(-3) <= v <= 1),  # Polyaxon: exp of a uniform draw
-    ("normal", "0:1", lambda v: -10 < v < 10),
-    ("lognormal", {"loc": 0, "scale": 0.5}, lambda v: v > 0),
-    ("pvalues", [[1, 0.5], [2, 0.5]], lambda v: v in (1, 2)),
-])
+@pytest.mark.parametrize(
+    "kind, value, check",
+    [
+        ("linspace", "0.001:0.1:5", lambda v: np.isclose(np.linspace(0.001, 0.1, 5), v).any()),
+        ("logspace", "-3:-1:3", lambda v: np.isclose([1e-3, 1e-2, 1e-1], v).any()),
+        ("geomspace", [1, 8, 4], lambda v: np.isclose([1, 2, 4, 8], v).any()),
+        ("quniform", "0:1:0.25", lambda v: v in (0, 0.25, 0.5, 0.75)),
+        ("loguniform", "-3:0", lambda v: np.exp(-3) <= v <= 1),  # Polyaxon: exp of a uniform draw
+        ("normal", "0:1", lambda v: -10 < v < 10),
+        ("lognormal", {"loc": 0, "scale": 0.5}, lambda v: v > 0),
+        ("pvalues", [[1, 0.5], [2, 0.5]], lambda v: v in (1, 2)),
+    ],
+)
 def test_distributions(kind, value, check):
     doc = seed_doc()
     doc["hptuning"]["matrix"]["lr"] = {kind: value}
@@ -111,16 +120,22 @@ def test_distributions(kind, value, check):
     assert all(check(v) for v in values), values
 
 
-@pytest.mark.parametrize("mutate, message", [
-    (lambda d: d["hptuning"]["matrix"].update(lr={"zipf": "1:2"}), "unknown distribution 'zipf'"),
-    (lambda d: d["hptuning"].update(grid_search=None) or d["hptuning"].pop("random_search"), "momentum: uniform is continuous"),
-    (lambda d: d.update(hptunning=d.pop("hptuning")), "unknown key hptunning"),
-    (lambda d: d["hptuning"]["matrix"].update(lr={"linspace": "0.1:0.001:5"}), "needs start < stop"),
-    (lambda d: d["hptuning"]["matrix"].update(lr={"linspace": "0.1:x:5"}), "'x' is not a number"),
-    (lambda d: d["hptuning"]["random_search"].pop("n_experiments"), "n_experiments is required"),
-    (lambda d: d["run"].update(cmd="python run.py --lr={{ lrr }}"), "{{ lrr }} but nothing declares it"),
-    (lambda d: d["hptuning"].update(hyperband={}), "hyperband search is not supported"),
-])
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d["hptuning"]["matrix"].update(lr={"zipf": "1:2"}), "unknown distribution 'zipf'"),
+        (
+            lambda d: d["hptuning"].update(grid_search=None) or d["hptuning"].pop("random_search"),
+            "momentum: uniform is continuous",
+        ),
+        (lambda d: d.update(hptunning=d.pop("hptuning")), "unknown key hptunning"),
+        (lambda d: d["hptuning"]["matrix"].update(lr={"linspace": "0.1:0.001:5"}), "needs start < stop"),
+        (lambda d: d["hptuning"]["matrix"].update(lr={"linspace": "0.1:x:5"}), "'x' is not a number"),
+        (lambda d: d["hptuning"]["random_search"].pop("n_experiments"), "n_experiments is required"),
+        (lambda d: d["run"].update(cmd="python run.py --lr={{ lrr }}"), "{{ lrr }} but nothing declares it"),
+        (lambda d: d["hptuning"].update(hyperband={}), "hyperband search is not supported"),
+    ],
+)
 def test_malformed_files_are_clear_errors(mutate, message):
     doc = seed_doc()
     mutate(doc)
@@ -135,7 +150,11 @@ def test_unknown_training_flag_fails_before_anything_runs(tmp_path):
     f.write_text(yaml.safe_dump(doc))
     r = CliRunner(mix_stderr=False).invoke(train_main, ["-f", str(f), "--output-dir", str(tmp_path / "out")])
     assert r.exit_code == 1
-    assert r.stderr.strip().splitlines() == ["Error: the training command is not valid for mnistkit-train: No such option: --warmup"]
+    assert r.stderr.strip().splitlines() == [
+        "Error: the training command of trial 0 is not valid: --warmup is not a training option; use one of "
+        "--batch-size, --data-dir, --epochs, --log-interval, --lr, --momentum, --no-cuda, --optimizer, --precision, "
+        "--scheduler, --seed, --test-batch-size, --test-samples, --train-samples, --weight-decay"
+    ]
     assert not (tmp_path / "out").exists()
 
 
@@ -167,28 +186,58 @@ def test_every_trial_failing_fails_the_command(tmp_path):
     doc["hptuning"]["random_search"]["n_experiments"] = 1
     f = tmp_path / "bad.yml"
     f.write_text(yaml.safe_dump(doc))
-    r = CliRunner(mix_stderr=False).invoke(train_main, ["-f", str(f), "--output-dir", str(tmp_path), "--train-samples", "300",
-                                                         "--test-samples", "300", "--max-epochs", "1", "-q"])
+    r = CliRunner(mix_stderr=False).invoke(
+        train_main,
+        [
+            "-f",
+            str(f),
+            "--output-dir",
+            str(tmp_path),
+            "--train-samples",
+            "300",
+            "--test-samples",
+            "300",
+            "--max-epochs",
+            "1",
+            "-q",
+        ],
+    )
     assert r.exit_code == 1 and r.stderr.startswith("Error: every trial failed (training diverged")
 
 
 def test_early_stopping_stops_the_group(tmp_path):
     doc = seed_doc()
     doc["hptuning"]["early_stopping"] = [{"metric": "test_accuracy", "value": 0.0, "optimization": "maximize"}]
-    result = run_group(parse_polyaxonfile(doc), SearchConfig(output_dir=str(tmp_path), group_name="es", concurrency=1, **CAPS))
+    result = run_group(
+        parse_polyaxonfile(doc), SearchConfig(output_dir=str(tmp_path), group_name="es", concurrency=1, **CAPS)
+    )
     assert [t.status for t in result.trials][:1] == ["done"]
     assert all(t.status == "stopped" and "early stopping" in t.error for t in result.trials[1:])
 
 
 def test_current_format_runs_and_resumes(tmp_path):
     doc = {
-        "version": 1.1, "kind": "operation", "name": "mnist",
+        "version": 1.1,
+        "kind": "operation",
+        "name": "mnist",
         "matrix": {"kind": "grid", "concurrency": 2, "params": {"lr": {"kind": "choice", "value": [0.05, 0.1]}}},
         "params": {"momentum": {"value": 0.5}},
-        "component": {"kind": "component", "inputs": [{"name": "lr", "type": "float"}, {"name": "momentum", "type": "float"}],
-                      "run": {"kind": "job", "container": {"image": "x", "command": ["mnistkit-train"],
-                                                          "args": ["--lr={{ lr }}", "--momentum={{ momentum }}",
-                                                                   "--output-dir={{ globals.run_outputs_path }}"]}}},
+        "component": {
+            "kind": "component",
+            "inputs": [{"name": "lr", "type": "float"}, {"name": "momentum", "type": "float"}],
+            "run": {
+                "kind": "job",
+                "container": {
+                    "image": "x",
+                    "command": ["mnistkit-train"],
+                    "args": [
+                        "--lr={{ lr }}",
+                        "--momentum={{ momentum }}",
+                        "--output-dir={{ globals.run_outputs_path }}",
+                    ],
+                },
+            },
+        },
     }
     f = tmp_path / "op.yaml"
     f.write_text(yaml.safe_dump(doc))
@@ -202,8 +251,13 @@ def test_current_format_runs_and_resumes(tmp_path):
 
 def test_export_passes_the_real_polyaxon_check_and_a_broken_one_fails(tmp_path):
     spec = read_polyaxonfile(SEED_FILE)
-    out = write_v1(spec, tmp_path / "polyaxonfile.yaml", image="localhost:5000/mnistkit/builder:0.1.0",
-                   extra_args=("--train-samples=2000",), volumes={"mnistkit-data": "/data"})
+    out = write_v1(
+        spec,
+        tmp_path / "polyaxonfile.yaml",
+        image="localhost:5000/mnistkit/builder:0.1.0",
+        extra_args=("--train-samples=2000",),
+        volumes=(("mnistkit-data", "/data", True),),
+    )
     r = polyaxon_check(out)
     assert r.returncode == 0 and "Polyaxonfile valid" in r.stdout, r.stdout + r.stderr
     doc = yaml.safe_load(out.read_text())
@@ -221,8 +275,25 @@ def test_export_passes_the_real_polyaxon_check_and_a_broken_one_fails(tmp_path):
 
 
 def test_ctrl_c_keeps_finished_trials(tmp_path):
-    cmd = [sys.executable, "-m", "mnistkit.cli.train", "-f", str(SEED_FILE), "--output-dir", str(tmp_path),
-           "--group-name", "cc", "--concurrency", "1", "--train-samples", "600", "--test-samples", "500", "--max-epochs", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mnistkit.cli.train",
+        "-f",
+        str(SEED_FILE),
+        "--output-dir",
+        str(tmp_path),
+        "--group-name",
+        "cc",
+        "--concurrency",
+        "1",
+        "--train-samples",
+        "600",
+        "--test-samples",
+        "500",
+        "--max-epochs",
+        "1",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     table = tmp_path / "cc" / "trials.json"
     deadline = time.monotonic() + 120
@@ -238,10 +309,16 @@ def test_ctrl_c_keeps_finished_trials(tmp_path):
 
 
 def test_kind_experiment_is_one_training(tmp_path):
-    doc = {"version": 1, "kind": "experiment", "declarations": {"lr": 0.1},
-           "run": {"cmd": "python run.py --lr={{ lr }} --epochs=1"}}
+    doc = {
+        "version": 1,
+        "kind": "experiment",
+        "declarations": {"lr": 0.1},
+        "run": {"cmd": "python run.py --lr={{ lr }} --epochs=1"},
+    }
     spec = parse_polyaxonfile(doc)
     assert spec.algorithm == "single" and plan_trials(spec) == [{"lr": 0.1}]
-    result = run_group(spec, SearchConfig(output_dir=str(tmp_path), group_name="one", train_samples=300, test_samples=300))
+    result = run_group(
+        spec, SearchConfig(output_dir=str(tmp_path), group_name="one", train_samples=300, test_samples=300)
+    )
     assert len(result.trials) == 1 and result.best.status == "done"
     assert json.loads((tmp_path / "one" / "trials" / "trial-000" / "config.json").read_text())["config"]["lr"] == 0.1

@@ -11,8 +11,8 @@ import torch
 
 from mnistkit.data import preprocess
 from mnistkit.errors import ServingError
-from mnistkit.images import encode_png
-from mnistkit.microservice import start_microservice
+from mnistkit.local.microservice import start_microservice
+from mnistkit.pixels import encode_png
 from mnistkit.serving import MnistModel
 
 
@@ -26,7 +26,9 @@ def model(trained_run):
 @pytest.fixture(scope="module")
 def server(trained_run, tmp_path_factory):
     cwd = tmp_path_factory.mktemp("ms")
-    service = start_microservice(env={"MNISTKIT_MODEL": str(trained_run.artifact), "MNISTKIT_METRICS_INTERVAL": "0"}, cwd=cwd)
+    service = start_microservice(
+        env={"MNISTKIT_MODEL": str(trained_run.artifact), "MNISTKIT_METRICS_INTERVAL": "0"}, cwd=cwd
+    )
     yield service
     service.stop()
 
@@ -129,7 +131,11 @@ def test_http_equals_in_process_and_accuracy_matches_the_record(server, model, m
     correct = 0
     for i in range(0, 10000, 250):
         imgs = mnist.test_images[i : i + 250].numpy()
-        r = post(server, "/api/v1.0/predictions", {"data": {"tensor": {"shape": [250, 784], "values": imgs.ravel().tolist()}}})
+        r = post(
+            server,
+            "/api/v1.0/predictions",
+            {"data": {"tensor": {"shape": [250, 784], "values": imgs.ravel().tolist()}}},
+        )
         assert r.status_code == 200
         got = probs_of(r.json())
         if i == 0:
@@ -160,8 +166,12 @@ def test_bad_input_is_a_400_with_seldon_status(server, case):
     if case == "NaN":  # JSON has no NaN literal; send what Python's json writes
         import json
 
-        r = requests.post(server.url + "/api/v1.0/predictions", data=json.dumps(payload).replace('"NaN"', "NaN"),
-                          headers={"Content-Type": "application/json"}, timeout=30)
+        r = requests.post(
+            server.url + "/api/v1.0/predictions",
+            data=json.dumps(payload).replace('"NaN"', "NaN"),
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+        )
     else:
         r = post(server, "/api/v1.0/predictions", payload)
     assert r.status_code == 400, (case, r.status_code, r.text)

@@ -3,8 +3,9 @@ can run here; offline mode is the client's own way of writing the same events)."
 
 import pytest
 
+from mnistkit.config import TrainConfig
 from mnistkit.tracking import polyaxon_managed, read_metrics
-from mnistkit.train import TrainConfig, fit
+from mnistkit.train import fit
 
 
 def test_managed_detection():
@@ -17,7 +18,9 @@ def test_managed_detection():
 def test_metrics_reach_polyaxon_and_the_run_folder(mnist, tmp_path, monkeypatch):
     pytest.importorskip("polyaxon")
     monkeypatch.setenv("MNISTKIT_POLYAXON", "offline")
-    run = fit(TrainConfig(epochs=2, train_samples=512, test_samples=500, output_dir=str(tmp_path), run_name="px"), mnist)
+    run = fit(
+        TrainConfig(epochs=2, train_samples=512, test_samples=500, output_dir=str(tmp_path), run_name="px"), mnist
+    )
     events = run.run_dir / "polyaxon" / "events" / "metric"
     acc = (events / "test_accuracy.plx").read_text().splitlines()
     assert acc[0] == "step|timestamp|metric"

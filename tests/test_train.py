@@ -3,9 +3,10 @@ import json
 import pytest
 
 from mnistkit.artifact import load_model, sha256_file
+from mnistkit.config import TrainConfig
 from mnistkit.errors import ConfigError, TrainingError
 from mnistkit.tracking import read_metrics
-from mnistkit.train import TrainConfig, fit
+from mnistkit.train import fit
 
 
 def _weights_hash(run):
@@ -40,8 +41,16 @@ def test_same_seed_same_weights(mnist, tmp_path):
 
 def test_keeps_best_epoch_not_last(mnist, tmp_path):
     # A learning rate so high that later epochs get worse: the kept model is the best epoch's.
-    config = TrainConfig(epochs=3, lr=0.5, momentum=0.9, train_samples=2000, test_samples=1000,
-                         output_dir=str(tmp_path), run_name="r", seed=1)
+    config = TrainConfig(
+        epochs=3,
+        lr=0.5,
+        momentum=0.9,
+        train_samples=2000,
+        test_samples=1000,
+        output_dir=str(tmp_path),
+        run_name="r",
+        seed=1,
+    )
     try:
         run = fit(config, mnist)
     except TrainingError:
@@ -59,8 +68,14 @@ def test_divergence_is_a_training_error(mnist, tmp_path):
 
 @pytest.mark.parametrize(
     "field, value, message",
-    [("lr", -0.1, "--lr"), ("batch_size", 0, "--batch-size"), ("epochs", 0, "--epochs"),
-     ("momentum", 1.5, "--momentum"), ("train_samples", 0, "--train-samples"), ("run_name", "../x", "--run-name")],
+    [
+        ("lr", -0.1, "--lr"),
+        ("batch_size", 0, "--batch-size"),
+        ("epochs", 0, "--epochs"),
+        ("momentum", 1.5, "--momentum"),
+        ("train_samples", 0, "--train-samples"),
+        ("run_name", "../x", "--run-name"),
+    ],
 )
 def test_bad_values_are_config_errors(field, value, message):
     with pytest.raises(ConfigError, match=message):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import click
 
@@ -53,3 +54,29 @@ def errors_to_exit(f: F) -> F:
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
+
+
+def table_options(table: Mapping[str, Any], skip: tuple[str, ...] = ()) -> Callable[[F], F]:
+    """click options for every row of an option table (``mnistkit.config.OPTIONS``)."""
+
+    def decorate(f: F) -> F:
+        for o in reversed([o for name, o in table.items() if name not in skip]):
+            kwargs: dict[str, Any] = {"help": o.help, "envvar": o.env}
+            if o.type is bool:
+                kwargs["is_flag"] = True
+            else:
+                kwargs["type"] = click.Choice(list(o.choices)) if o.choices else o.type
+                kwargs["default"] = o.default
+                kwargs["show_default"] = o.default is not None
+            if o.env:
+                kwargs["help"] = f"{o.help} [env {o.env}]"
+            f = click.option(o.flag, o.name, **kwargs)(f)
+        return f
+
+    return decorate
+
+
+def given_on_command_line(names: Any) -> list[str]:
+    """Which of ``names`` the user typed (not defaults, not the environment)."""
+    ctx = click.get_current_context()
+    return [n for n in names if ctx.get_parameter_source(n) == click.core.ParameterSource.COMMANDLINE]

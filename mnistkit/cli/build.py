@@ -36,50 +36,83 @@ def main() -> None:
     """
 
 
-def _engine(docker_host: str | None) -> tuple[Any, Any]:
-    from ..services import connect_docker
+def _engine(docker_host: str | None, wait: float = 0) -> tuple[Any, Any]:
+    from ..local.dockerd import connect_docker
 
-    return connect_docker(docker_host)
+    return connect_docker(docker_host, wait=wait)
 
 
 @main.command("image", context_settings=CONTEXT)
 @click.argument("source", type=click.Path())
 @click.option("--image", help="Image NAME:TAG (default mnistkit/mnist:<artifact sha256[:12]>).")
-@click.option("--builder", help="s2i builder image (default mnistkit/builder:<version>).")
+@click.option("--builder", help="s2i builder image (default: mnistkit's, built here when missing).")
 @click.option("--model-name", default="MnistModel", show_default=True, help="MODEL_NAME of the Seldon component.")
-@click.option("--source-only", type=click.Path(), help="Only write the s2i source folder to this path (for the real s2i elsewhere).")
+@click.option(
+    "--source-only",
+    type=click.Path(),
+    help="Only write the s2i source folder to this path (for the real s2i elsewhere).",
+)
 @click.option("--use-s2i", is_flag=True, help="Build with the s2i binary on PATH instead of the docker SDK.")
-@click.option("--smoke-test/--no-smoke-test", default=False, show_default=True, help="Run the image and compare its predictions with the model's.")
+@click.option(
+    "--smoke-test/--no-smoke-test",
+    default=False,
+    show_default=True,
+    help="Run the image and compare its predictions with the model's.",
+)
 @click.option("--push", is_flag=True, help="Push the image to its registry.")
-@click.option("--username", envvar="MNISTKIT_REGISTRY_USERNAME", help="Registry user [env MNISTKIT_REGISTRY_USERNAME]; default: the docker config file.")
+@click.option(
+    "--username",
+    help="Registry user (with --password-stdin); default: MNISTKIT_REGISTRY_USERNAME/PASSWORD, else the docker config file.",
+)
 @click.option("--password-stdin", is_flag=True, help="Read the registry password from standard input.")
-@click.option("--docker-host", help="Docker engine URL (default $DOCKER_HOST, the machine's engine, or an embedded dockerd).")
+@click.option(
+    "--docker-host", help="Docker engine URL (default $DOCKER_HOST, the machine's engine, or an embedded dockerd)."
+)
+@click.option(
+    "--wait-for-engine",
+    type=float,
+    default=0,
+    show_default=True,
+    help="Seconds to wait for DOCKER_HOST to answer (a sidecar engine starts beside the build).",
+)
 @click.option("--work-dir", type=click.Path(file_okay=False), help="Where temporary build files go.")
-@click.option("--manifests", "manifests_dir", type=click.Path(file_okay=False), help="Also write the cluster resources for the image (by digest once pushed) here.")
+@click.option(
+    "--manifests",
+    "manifests_dir",
+    type=click.Path(file_okay=False),
+    help="Also write the cluster resources for the image (by digest once pushed) here.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print a machine-readable summary.")
 @verbosity
 @errors_to_exit
-def image_cmd(source: str, image: str | None, builder: str | None, model_name: str, source_only: str | None,
-              use_s2i: bool, smoke_test: bool, push: bool, username: str | None, password_stdin: bool,
-              docker_host: str | None, work_dir: str | None, manifests_dir: str | None, as_json: bool, verbose: int,
-              quiet: bool) -> None:
+def image_cmd(
+    source: str,
+    docker_host: str | None,
+    wait_for_engine: float,
+    password_stdin: bool,
+    work_dir: str | None,
+    manifests_dir: str | None,
+    as_json: bool,
+    verbose: int,
+    quiet: bool,
+    **options: Any,
+) -> None:
     """Build the Seldon image for SOURCE by the s2i contract; optionally smoke-test and push it."""
     setup_logging(verbose, quiet)
-    from ..builder import BUILDER_IMAGE
-    from ..image import BuildConfig, build_model
-    from ..services import mnistkit_home
+    from ..build.model_image import BuildConfig, build_model
+    from ..local.dockerd import mnistkit_home
 
     password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
-    config = BuildConfig(source=source, image=image, builder=builder or BUILDER_IMAGE, model_name=model_name,
-                         source_only=source_only, use_s2i=use_s2i, smoke_test=smoke_test, push=push,
-                         username=username, password=password,
-                         work_dir=work_dir or str(mnistkit_home() / "work")).validate()
-    if source_only:
+    home = mnistkit_home()
+    config = BuildConfig(
+        source=source, password=password, work_dir=work_dir or str(home / "work"), **options
+    ).validate()
+    if config.source_only:
         summary = build_model(config)
     else:
-        client, embedded = _engine(docker_host)
+        client, embedded = _engine(docker_host, wait_for_engine)
         try:
-            summary = build_model(config, client)
+            summary = build_model(config, client, cache_dir=home)
         finally:
             if embedded:
                 embedded.stop()
@@ -90,14 +123,20 @@ def image_cmd(source: str, image: str | None, builder: str | None, model_name: s
         written = [str(p) for p in manifests_for(source, manifests_dir, image=summary.reference or summary.image)]
     if as_json:
         click.echo(json.dumps({**summary.to_json(), "manifests": written}, indent=2))
-        return
+    else:
+        _print_summary(summary, written)
+
+
+def _print_summary(summary: Any, written: list[str]) -> None:
     if summary.source:
         click.echo(f"s2i source folder: {summary.source}")
         return
     click.echo(f"image {summary.image} ({(summary.size or 0) / 1e6:.0f} MB) built in {summary.build_seconds:.1f}s")
     if summary.smoke:
-        click.echo(f"smoke test: {summary.smoke['images']} digits, same predictions as the model "
-                   f"(max difference {summary.smoke['max_abs_diff']:.1e})")
+        click.echo(
+            f"smoke test: {summary.smoke['images']} digits, same predictions as the model "
+            f"(max difference {summary.smoke['max_abs_diff']:.1e})"
+        )
     if summary.reference:
         click.echo(f"pushed {summary.reference}")
     if written:
@@ -105,76 +144,121 @@ def image_cmd(source: str, image: str | None, builder: str | None, model_name: s
 
 
 def _manifest_options(f: Any) -> Any:
-    for option in reversed([
-        click.option("--name", default="mnist", show_default=True, help="SeldonDeployment name (also prefixes the PVCs)."),
-        click.option("--namespace", default="seldon", show_default=True),
-        click.option("--replicas", type=int, default=1, show_default=True),
-        click.option("--api-version", type=click.Choice(["v1", "v1alpha2"]), default="v1", show_default=True,
-                     help="SeldonDeployment version (v1alpha2 for clusters of the 2018 era)."),
-        click.option("--registry-secret", default="regcred", show_default=True, help="docker-config Secret for pulls and the Argo push."),
-        click.option("--tool-image", help="Builder-tool image the Argo step runs (default mnistkit/build-tool:<version>)."),
-        click.option("--train-image", help="Image the Polyaxon trials run (default mnistkit/train:<version>)."),
-        click.option("--storage-class", help="storageClassName of the PVCs (default: the cluster's)."),
-    ]):
+    for option in reversed(
+        [
+            click.option(
+                "--name", default="mnist", show_default=True, help="SeldonDeployment name (also prefixes the PVCs)."
+            ),
+            click.option("--namespace", default="seldon", show_default=True),
+            click.option("--replicas", type=int, default=1, show_default=True),
+            click.option(
+                "--api-version",
+                type=click.Choice(["v1", "v1alpha2"]),
+                default="v1",
+                show_default=True,
+                help="SeldonDeployment version (v1alpha2 for clusters of the 2018 era).",
+            ),
+            click.option(
+                "--registry-secret",
+                default="regcred",
+                show_default=True,
+                help="docker-config Secret for pulls and the Argo push.",
+            ),
+            click.option(
+                "--registry",
+                help="Registry of the builder, build-tool and training images (default: the model image's).",
+            ),
+            click.option("--storage-class", help="storageClassName of the PVCs (default: the cluster's)."),
+        ]
+    ):
         f = option(f)
     return f
-
-
-def _manifest_kwargs(name: str, namespace: str, replicas: int, api_version: str, registry_secret: str,
-                     tool_image: str | None, train_image: str | None, storage_class: str | None) -> dict[str, Any]:
-    out: dict[str, Any] = {"name": name, "namespace": namespace, "replicas": replicas, "api_version": api_version,
-                           "registry_secret": registry_secret, "storage_class": storage_class}
-    if tool_image:
-        out["tool_image"] = tool_image
-    if train_image:
-        out["train_image"] = train_image
-    return out
 
 
 @main.command("manifests", context_settings=CONTEXT)
 @click.argument("source", type=click.Path())
 @click.option("--image", required=True, help="The model image: REPOSITORY@sha256:DIGEST (best) or REPOSITORY:TAG.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="cluster", show_default=True, help="Folder for the YAML files.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default="cluster",
+    show_default=True,
+    help="Folder for the YAML files.",
+)
 @_manifest_options
 @click.option("--no-validate", is_flag=True, help="Skip validation against the schemas (not recommended).")
 @verbosity
 @errors_to_exit
-def manifests_cmd(source: str, image: str, out_dir: str, no_validate: bool, verbose: int, quiet: bool, **options: Any) -> None:
+def manifests_cmd(
+    source: str,
+    image: str,
+    out_dir: str,
+    no_validate: bool,
+    registry: str | None,
+    verbose: int,
+    quiet: bool,
+    **options: Any,
+) -> None:
     """Write SeldonDeployment, Argo Workflow, polyaxonfile and PVCs for SOURCE's model,
     each checked against the real schemas before anything is written."""
     setup_logging(verbose, quiet)
     from ..manifests import manifests_for
 
-    for path in manifests_for(source, out_dir, image=image, validate=not no_validate, **_manifest_kwargs(**options)):
+    for path in manifests_for(source, out_dir, image=image, registry=registry, validate=not no_validate, **options):
         click.echo(str(path))
 
 
 @main.command("builder", context_settings=CONTEXT)
-@click.option("--tag", help="Tag of the image (default mnistkit/builder:<version>, or mnistkit/build-tool:<version> with --tool).")
-@click.option("--tool", is_flag=True, help="Build the 'builder tool' image that runs mnistkit-build (the Argo step).")
+@click.option(
+    "--kind",
+    "kind_name",
+    type=click.Choice(["seldon-torch", "tool", "train"]),
+    default="seldon-torch",
+    show_default=True,
+    help="Which image: the s2i builder, the build tool (the Argo step) or the training image.",
+)
+@click.option("--tool", is_flag=True, help="Same as --kind tool.")
+@click.option("--train", is_flag=True, help="Same as --kind train.")
+@click.option("--tag", help="Also tag the image with this name (e.g. REGISTRY/mnistkit/builder:TAG for a push).")
 @click.option("--rebuild", is_flag=True, help="Rebuild even when the image exists.")
-@click.option("--docker-host", help="Docker engine URL (default $DOCKER_HOST, the machine's engine, or an embedded dockerd).")
+@click.option(
+    "--docker-host", help="Docker engine URL (default $DOCKER_HOST, the machine's engine, or an embedded dockerd)."
+)
 @verbosity
 @errors_to_exit
-def builder_cmd(tag: str | None, tool: bool, rebuild: bool, docker_host: str | None, verbose: int, quiet: bool) -> None:
-    """Build mnistkit's s2i builder image (offline: Debian base by debootstrap, wheelhouse on loopback)."""
-    setup_logging(verbose, quiet)
-    from ..builder import BUILDER_IMAGE, TOOL_IMAGE, build_builder, ensure_builder
-    from ..services import mnistkit_home
+def builder_cmd(
+    kind_name: str,
+    tool: bool,
+    train: bool,
+    tag: str | None,
+    rebuild: bool,
+    docker_host: str | None,
+    verbose: int,
+    quiet: bool,
+) -> None:
+    """Build one of mnistkit's images offline (Debian base by debootstrap, wheelhouse on loopback).
 
+    The image is tagged by a digest of what goes into it, so it is rebuilt exactly when its
+    inputs change."""
+    setup_logging(verbose, quiet)
+    from ..build.builder_image import KINDS, build_kind, ensure_image
+    from ..imageref import ImageRef
+    from ..local.dockerd import mnistkit_home
+
+    kind = KINDS["tool" if tool else "train" if train else kind_name]
+    extra = ImageRef.parse(tag) if tag else None
     client, embedded = _engine(docker_host)
     try:
-        name = tag or (TOOL_IMAGE if tool else BUILDER_IMAGE)
-        dockerfile = "Dockerfile.tool" if tool else "Dockerfile"
-        if rebuild:
-            built = build_builder(client, cache_dir=mnistkit_home(), tag=name, dockerfile=dockerfile)
-        else:
-            built = ensure_builder(client, cache_dir=mnistkit_home(), tag=name, dockerfile=dockerfile)
-        size = client.images.get(built).attrs.get("Size", 0)
+        home = mnistkit_home()
+        built = build_kind(client, kind, cache_dir=home) if rebuild else ensure_image(client, kind, cache_dir=home)
+        img = client.images.get(built)
+        if extra is not None:
+            img.tag(extra.repository, extra.tag_or_latest)
     finally:
         if embedded:
             embedded.stop()
-    click.echo(f"{built} ({size / 1e6:.0f} MB)")
+    click.echo(f"{built} ({img.attrs.get('Size', 0) / 1e6:.0f} MB)" + (f" tagged {extra}" if extra else ""))
 
 
 if __name__ == "__main__":

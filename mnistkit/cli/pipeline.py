@@ -10,25 +10,61 @@ from ._common import errors_to_exit, setup_logging, verbosity
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("-f", "--file", "polyaxonfile", type=click.Path(dir_okay=False), help="The search to run (default examples/polyaxon/demo.yml).")
-@click.option("--work-dir", default="demo", show_default=True, type=click.Path(file_okay=False), help="Where runs/ and cluster/ go.")
+@click.option(
+    "-f",
+    "--file",
+    "polyaxonfile",
+    type=click.Path(dir_okay=False),
+    help="The search to run (default examples/polyaxon/demo.yml).",
+)
+@click.option(
+    "--work-dir",
+    default="demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Where runs/ and cluster/ go.",
+)
 @click.option("--train-samples", type=int, default=20000, show_default=True, help="Cap on training images per trial.")
 @click.option("--max-epochs", type=int, default=2, show_default=True, help="Cap on epochs per trial.")
 @click.option("--concurrency", type=int, help="Trials at once (default: the file's).")
-@click.option("--registry-port", type=int, default=5000, show_default=True, help="Port of the local registry (another free one if taken).")
-@click.option("--docker-host", help="Docker engine URL (default $DOCKER_HOST, the machine's engine, or an embedded dockerd).")
+@click.option(
+    "--registry-port",
+    type=int,
+    default=5000,
+    show_default=True,
+    help="Port of the local registry (another free one if taken).",
+)
+@click.option(
+    "--docker-host", help="Docker engine URL (default $DOCKER_HOST, the machine's engine, or an embedded dockerd)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @verbosity
 @errors_to_exit
-def main(polyaxonfile: str | None, work_dir: str, train_samples: int, max_epochs: int, concurrency: int | None,
-         registry_port: int, docker_host: str | None, as_json: bool, verbose: int, quiet: bool) -> None:
+def main(
+    polyaxonfile: str | None,
+    work_dir: str,
+    train_samples: int,
+    max_epochs: int,
+    concurrency: int | None,
+    registry_port: int,
+    docker_host: str | None,
+    as_json: bool,
+    verbose: int,
+    quiet: bool,
+) -> None:
     """Search -> best model -> Seldon image (smoke-tested, pushed) -> run by digest ->
     query example digits -> cluster resources, with a local dockerd and registry."""
     setup_logging(verbose, quiet)
     from ..pipeline import PipelineConfig, run, summary_lines
 
-    config = PipelineConfig(work_dir=work_dir, train_samples=train_samples, max_epochs=max_epochs, concurrency=concurrency,
-                            registry_port=registry_port, docker_host=docker_host)
+    config = PipelineConfig(
+        work_dir=work_dir,
+        train_samples=train_samples,
+        max_epochs=max_epochs,
+        concurrency=concurrency,
+        registry_port=registry_port,
+        docker_host=docker_host,
+    )
     if polyaxonfile:
         from dataclasses import replace
 

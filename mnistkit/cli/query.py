@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
-
-from typing import TYPE_CHECKING
 
 from ._common import errors_to_exit, setup_logging, verbosity
 
@@ -16,13 +15,29 @@ if TYPE_CHECKING:
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("inputs", nargs=-1, required=True, type=click.Path())
-@click.option("--endpoint", default="localhost:8003", show_default=True, help="HOST:PORT of Ambassador (the 2018 port-forward) or of a microservice.")
+@click.option(
+    "--endpoint",
+    default="localhost:8003",
+    show_default=True,
+    help="HOST:PORT of Ambassador (the 2018 port-forward) or of a microservice.",
+)
 @click.option("--deployment", default="mnist", show_default=True, help="SeldonDeployment name.")
 @click.option("--namespace", default="seldon", show_default=True, help="Namespace of the deployment.")
-@click.option("--route", type=click.Choice(["ambassador", "ambassador-v0.1", "direct"]), default="ambassador", show_default=True,
-              help="ambassador: /seldon/NS/DEPLOYMENT/api/v1.0/predictions; ambassador-v0.1: the 2018 /seldon/DEPLOYMENT/api/v0.1/predictions; direct: /api/v1.0/predictions.")
+@click.option(
+    "--route",
+    type=click.Choice(["ambassador", "ambassador-v0.1", "direct"]),
+    default="ambassador",
+    show_default=True,
+    help="ambassador: /seldon/NS/DEPLOYMENT/api/v1.0/predictions; ambassador-v0.1: the 2018 /seldon/DEPLOYMENT/api/v0.1/predictions; direct: /api/v1.0/predictions.",
+)
 @click.option("--url", help="Full predictions URL (overrides --endpoint/--route).")
-@click.option("--payload", type=click.Choice(["tensor", "ndarray", "binData"]), default="tensor", show_default=True, help="tensor: raw 0..255 pixels as in 2018.")
+@click.option(
+    "--payload",
+    type=click.Choice(["tensor", "ndarray", "binData"]),
+    default="tensor",
+    show_default=True,
+    help="tensor: raw 0..255 pixels as in 2018.",
+)
 @click.option("--batch/--no-batch", default=True, show_default=True, help="Send several images as one request.")
 @click.option("--invert", is_flag=True, help="Invert black-on-white drawings to MNIST's white-on-black.")
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds per request.")
@@ -30,9 +45,22 @@ if TYPE_CHECKING:
 @click.option("--json", "as_json", is_flag=True, help="Print the whole answer per image as JSON lines.")
 @verbosity
 @errors_to_exit
-def main(inputs: tuple[str, ...], endpoint: str, deployment: str, namespace: str, route: str, url: str | None,
-         payload: str, batch: bool, invert: bool, timeout: float, retries: int, as_json: bool,
-         verbose: int, quiet: bool) -> None:
+def main(
+    inputs: tuple[str, ...],
+    endpoint: str,
+    deployment: str,
+    namespace: str,
+    route: str,
+    url: str | None,
+    payload: str,
+    batch: bool,
+    invert: bool,
+    timeout: float,
+    retries: int,
+    as_json: bool,
+    verbose: int,
+    quiet: bool,
+) -> None:
     """Predict the digits in INPUTS (image files or .npy arrays) with a Seldon deployment.
 
     \b
@@ -45,20 +73,20 @@ def main(inputs: tuple[str, ...], endpoint: str, deployment: str, namespace: str
     from ..client import Endpoint, QueryConfig, load_inputs, predict
     from ..errors import QueryError
 
-    config = QueryConfig(Endpoint(endpoint, deployment, namespace, route, url), payload, batch, timeout, retries).validate()
-    items = load_inputs(inputs, invert=invert)
-    if batch or len(items) == 1:
-        predictions = predict(items, config)
-        failed = 0
+    config = QueryConfig(
+        Endpoint(endpoint, deployment, namespace, route, url), payload, batch, timeout, retries
+    ).validate()
+    if batch:
+        predictions, failed = predict(load_inputs(inputs, invert=invert), config), 0
     else:
         # one request per image: a failed one is reported and the others still go
         predictions, failed = [], 0
-        for item in items:
+        for path in inputs:
             try:
-                predictions.extend(predict([item], config))
+                predictions.extend(predict(load_inputs([path], invert=invert), config))
             except QueryError as e:
                 failed += 1
-                click.echo(f"Error: {item.name}: {e}", err=True)
+                click.echo(f"Error: {path}: {e}", err=True)
     _print(predictions, as_json)
     if failed:
         raise SystemExit(1)
@@ -74,7 +102,9 @@ def _print(predictions: "list[Prediction]", as_json: bool) -> None:
     width = max(len("image"), *(len(p.name) for p in predictions))
     click.echo(f"{'image':<{width}}  digit  probability  runner-up")
     for p in predictions:
-        click.echo(f"{p.name:<{width}}  {p.digit:>5}  {p.probability:>11.4f}  {p.runner_up} ({p.runner_up_probability:.4f})")
+        click.echo(
+            f"{p.name:<{width}}  {p.digit:>5}  {p.probability:>11.4f}  {p.runner_up} ({p.runner_up_probability:.4f})"
+        )
 
 
 if __name__ == "__main__":

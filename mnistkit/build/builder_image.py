@@ -1,0 +1,339 @@
+"""The images mnistkit builds its model images with (and the ones the cluster files name).
+
+``KINDS`` lists them: the s2i builder that serves with seldon-core, the build tool the
+Argo step runs, and the training image the Polyaxon trials run. Each is made offline:
+
+* ``make_base_image`` — debootstrap of Debian bookworm (Python 3.11) from the Debian mirror
+  this machine's apt already uses, imported as an image; no registry is contacted;
+* ``make_wheelhouse`` — the kind's pinned requirements (``docker/requirements-<kind>.txt``
+  under ``docker/constraints.txt``), downloaded on the host because builds have no
+  network, plus mnistkit's own wheel for the kinds that run mnistkit;
+* ``build_kind`` — ``docker/Dockerfile.<kind>`` built over the docker SDK with the
+  wheelhouse served on loopback, so no wheel ends up in a layer.
+
+An image's tag is a digest of what goes into it (Dockerfile, s2i scripts, requirements,
+base, and mnistkit's own code where the image holds it), so a changed input is a new
+image and ``ensure_image`` never reuses a stale one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import logging
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from ..errors import PackagingError
+from ..local._proc import find_exe
+from ..settings import settings
+from .wheel import package_digest, package_version, self_wheel
+
+__all__ = [
+    "BASE_IMAGE",
+    "ImageKind",
+    "KINDS",
+    "debian_mirror",
+    "make_base_image",
+    "make_wheelhouse",
+    "image_digest",
+    "image_tag",
+    "build_kind",
+    "ensure_image",
+    "serve_folder",
+]
+
+log = logging.getLogger(__name__)
+
+BASE_IMAGE = "mnistkit/base:bookworm"
+
+
+@dataclass(frozen=True)
+class ImageKind:
+    """One image mnistkit can build: its Dockerfile, requirements and repository."""
+
+    name: str
+    repository: str
+    description: str
+    with_mnistkit: bool = False  # the image runs mnistkit itself (not only what a model image needs)
+    with_torch: bool = False  # adds settings().image_torch to the requirements
+
+    @property
+    def dockerfile(self) -> str:
+        return f"Dockerfile.{self.name}"
+
+    @property
+    def requirements(self) -> str:
+        return f"requirements-{self.name}.txt"
+
+
+KINDS: dict[str, ImageKind] = {
+    k.name: k
+    for k in (
+        ImageKind(
+            "seldon-torch", "mnistkit/builder", "s2i builder: seldon-core 1.17.1 with CPU torch", with_torch=True
+        ),
+        ImageKind(
+            "tool",
+            "mnistkit/build-tool",
+            "runs mnistkit-build against a docker engine (the Argo step)",
+            with_mnistkit=True,
+        ),
+        ImageKind(
+            "train",
+            "mnistkit/train",
+            "runs mnistkit-train (the Polyaxon trials), CPU torch",
+            with_mnistkit=True,
+            with_torch=True,
+        ),
+    )
+}
+
+
+def _docker_files() -> Path:
+    return Path(str(files("mnistkit") / "build" / "docker"))
+
+
+def _s2i_files() -> Path:
+    return Path(str(files("mnistkit") / "build" / "s2i" / "bin"))
+
+
+def debian_mirror(suite: str = "bookworm") -> str:
+    """The Debian mirror apt uses here for ``suite`` main (read from apt's sources)."""
+    candidates: list[str] = []
+    for path in sorted(Path("/etc/apt/sources.list.d").glob("*.sources")):
+        for stanza in path.read_text(errors="replace").split("\n\n"):
+            fields = dict(
+                (k.strip().lower(), v.strip())
+                for k, _, v in (line.partition(":") for line in stanza.splitlines() if ":" in line)
+            )
+            if suite in fields.get("suites", "").split() and "main" in fields.get("components", "").split():
+                candidates += fields.get("uris", "").split()
+    for path in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*.list"))]:
+        if path.exists():
+            for line in path.read_text(errors="replace").splitlines():
+                m = re.match(r"\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)\s+(.*)", line)
+                if m and m.group(2) == suite and "main" in m.group(3).split():
+                    candidates.append(m.group(1))
+    if not candidates:
+        raise PackagingError(f"no Debian mirror for {suite} main in apt's sources; cannot make the base image offline")
+    return candidates[0]
+
+
+def _image_exists(client: Any, name: str) -> bool:
+    import docker
+
+    try:
+        client.images.get(name)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        lines = [
+            x for x in (proc.stdout + proc.stderr).splitlines() if x.strip() and not x.startswith("WARNING: Location")
+        ]
+        raise PackagingError(f"{what} failed: {' | '.join(lines[-3:]) or f'exit code {proc.returncode}'}")
+
+
+def make_base_image(client: Any, name: str = BASE_IMAGE, *, workdir: Path | None = None) -> str:
+    """Debian bookworm with Python 3.11 (debootstrap, minbase), imported as ``name``."""
+    if _image_exists(client, name):
+        return name
+    debootstrap = find_exe("debootstrap", "apt-get install debootstrap (make test/demo do this)", PackagingError)
+    mirror = debian_mirror()
+    with tempfile.TemporaryDirectory(dir=workdir, prefix="rootfs-") as tmp:
+        root = Path(tmp) / "rootfs"
+        log.info("making the base image %s: debootstrap bookworm from %s (about a minute)", name, mirror)
+        _run(
+            [debootstrap, "--variant=minbase", "--include=python3,python3-venv", "bookworm", str(root), mirror],
+            "debootstrap",
+        )
+        for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/info"):
+            shutil.rmtree(root / junk, ignore_errors=True)
+            (root / junk).mkdir(parents=True, exist_ok=True)
+        tar_path = Path(tmp) / "rootfs.tar"
+        _run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(tar_path), "."], "packing the base image")
+        repo, _, tag = name.partition(":")
+        client.api.import_image_from_file(
+            str(tar_path),
+            repository=repo,
+            tag=tag or "latest",
+            changes=[
+                "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                "ENV LANG=C.UTF-8",
+                'CMD ["/bin/sh"]',
+            ],
+        )
+    log.info("base image %s ready", name)
+    return name
+
+
+def _requirements(kind: ImageKind) -> str:
+    text = (_docker_files() / kind.requirements).read_text()
+    return text + (f"{settings().image_torch}\n" if kind.with_torch else "")
+
+
+def image_digest(kind: ImageKind, base: str = BASE_IMAGE) -> str:
+    """sha256 of what goes into an image of ``kind``: its Dockerfile, requirements,
+    constraints, the s2i scripts, the base name, and mnistkit's code if it holds it."""
+    h = hashlib.sha256(f"{kind.name}\0{base}\0{_requirements(kind)}\0".encode())
+    for path in [
+        _docker_files() / kind.dockerfile,
+        _docker_files() / "constraints.txt",
+        *sorted(_s2i_files().iterdir()),
+    ]:
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    if kind.with_mnistkit:
+        h.update(package_digest().encode())
+    return h.hexdigest()
+
+
+def image_tag(kind: ImageKind, base: str = BASE_IMAGE) -> str:
+    """``<repository>:<kind>-<digest[:12]>``, e.g. ``mnistkit/builder:seldon-torch-1a2b3c4d5e6f``."""
+    return f"{kind.repository}:{kind.name}-{image_digest(kind, base)[:12]}"
+
+
+def make_wheelhouse(kind: ImageKind, cache_dir: Path) -> Path:
+    """Download every wheel an image of ``kind`` needs into a folder keyed by its requirements."""
+    requirements = _requirements(kind)
+    key = hashlib.sha256((requirements + (_docker_files() / "constraints.txt").read_text()).encode()).hexdigest()[:16]
+    dest = Path(cache_dir) / "wheelhouse" / f"{kind.name}-{key}"
+    if not (dest / ".complete").exists():
+        log.info("preparing the wheelhouse for %s in %s", kind.name, dest)
+        shutil.rmtree(dest, ignore_errors=True)
+        dest.mkdir(parents=True)
+        (dest / "requirements.txt").write_text(requirements)
+        env = {**os.environ, "PIP_CONSTRAINT": ""}  # the image's torch is not the machine's capped one
+        # pip wheel, not download: a dependency published only as a source package (Flask-OpenTracing)
+        # is built into a wheel here, so the image installs wheels only
+        _run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--disable-pip-version-check",
+                "-q",
+                "-w",
+                str(dest),
+                "-c",
+                str(_docker_files() / "constraints.txt"),
+                "-r",
+                str(dest / "requirements.txt"),
+            ],
+            f"preparing the wheelhouse for {kind.name}",
+            env,
+        )
+        (dest / ".complete").write_text(key)
+    for old in dest.glob("mnistkit-*.whl"):
+        old.unlink()
+    if kind.with_mnistkit:
+        self_wheel(dest)
+    return dest
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextmanager
+def serve_folder(folder: Path) -> Iterator[str]:
+    """Serve ``folder`` over HTTP on 127.0.0.1 for the length of the block."""
+    handler = lambda *a, **k: _QuietHandler(*a, directory=str(folder), **k)  # noqa: E731
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def _context(kind: ImageKind, requirements: Path) -> bytes:
+    """The build context: the Dockerfile, the requirements, the s2i scripts (never a checkout)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for arcname, path, mode in [
+            ("Dockerfile", _docker_files() / kind.dockerfile, 0o644),
+            ("requirements.txt", requirements, 0o644),
+            *((f"s2i/bin/{p.name}", p, 0o755) for p in sorted(_s2i_files().iterdir())),
+        ]:
+            data = path.read_bytes()
+            info = tarfile.TarInfo(arcname)
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def build_kind(client: Any, kind: ImageKind, *, cache_dir: Path, tag: str | None = None, base: str = BASE_IMAGE) -> str:
+    """Make the base image and the wheelhouse if needed, then build ``docker/Dockerfile.<kind>``."""
+    import docker
+
+    make_base_image(client, base, workdir=cache_dir)
+    wheels = make_wheelhouse(kind, cache_dir)
+    tag = tag or image_tag(kind, base)
+    log.info("building %s from %s", tag, base)
+    labels = {
+        "org.opencontainers.image.version": package_version(),
+        "io.mnistkit.builder.kind": kind.name,
+        "io.mnistkit.builder.digest": image_digest(kind, base),
+    }
+    with serve_folder(wheels) as url:
+        try:
+            stream = client.api.build(
+                fileobj=io.BytesIO(_context(kind, wheels / "requirements.txt")),
+                custom_context=True,
+                tag=tag,
+                buildargs={"BASE_IMAGE": base, "WHEELHOUSE_URL": url},
+                network_mode="host",
+                rm=True,
+                forcerm=True,
+                decode=True,
+                labels=labels,
+            )
+            _follow_build(stream, tag)
+        except docker.errors.APIError as e:
+            raise PackagingError(f"building {tag} failed: {e.explanation or e}") from None
+    return tag
+
+
+def _follow_build(stream: Any, tag: str) -> None:
+    tail: list[str] = []
+    for item in stream:
+        if "error" in item:
+            detail = item.get("errorDetail", {}).get("message") or item["error"]
+            raise PackagingError(f"building {tag} failed: {detail.strip()} | {' | '.join(tail[-3:])}")
+        text = item.get("stream", "").rstrip()
+        if text:
+            tail.append(text)
+            log.debug("%s", text)
+            if text.startswith("Step "):
+                log.info("  %s", text)
+
+
+def ensure_image(client: Any, kind: ImageKind | str, *, cache_dir: Path, base: str = BASE_IMAGE) -> str:
+    """The image of ``kind`` for exactly these inputs, built only when it is missing."""
+    kind = KINDS[kind] if isinstance(kind, str) else kind
+    tag = image_tag(kind, base)
+    if _image_exists(client, tag):
+        return tag
+    return build_kind(client, kind, cache_dir=cache_dir, tag=tag, base=base)

@@ -1,0 +1,219 @@
+"""One call: a trained run (or the best of a group) -> a Seldon image, tested and pushed.
+
+``build_model(BuildConfig(...))`` resolves the model, writes the s2i source folder,
+builds by the s2i contract over the docker SDK (or the real ``s2i`` binary on request),
+labels the image with its provenance, optionally smoke-tests it and pushes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..imageref import ImageRef
+from .push import Credentials, find_credentials, pull, push
+from .s2i import image_labels, make_source_folder, s2i_binary_build, s2i_build
+from .source import ModelSource, resolve_source
+from .verify import smoke_test
+
+__all__ = ["BuildConfig", "BuildSummary", "build_model", "default_image_name"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    source: str  # run folder, artifact folder, or search group folder
+    image: str | None = None  # name:tag; default mnistkit/mnist:<artifact sha256[:12]>
+    builder: str | None = None  # the s2i builder image; default mnistkit's, built when missing
+    model_name: str = "MnistModel"
+    source_only: str | None = None  # write the s2i source folder here and stop
+    use_s2i: bool = False  # run the real s2i binary instead of the SDK path
+    smoke_test: bool = False
+    push: bool = False
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    work_dir: str | None = None  # where the source folder and wheel cache go
+    reuse: bool = False  # keep an existing image of the same model and builder instead of rebuilding
+
+    def validate(self) -> "BuildConfig":
+        if self.image is not None:
+            ref = ImageRef.parse(self.image)
+            if ref.digest:
+                raise ConfigError(f"--image {self.image!r} names a digest; give a tag to build (NAME:TAG)")
+        if self.password is not None and not self.username:
+            raise ConfigError("a password was given without --username")
+        return self
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    image: str
+    source: str | None = None  # the s2i source folder, when kept
+    image_id: str | None = None
+    size: int | None = None
+    build_seconds: float | None = None
+    smoke: dict[str, Any] | None = None
+    digest: str | None = None
+    reference: str | None = None  # repository@sha256:..., once pushed
+    push_seconds: float | None = None
+    artifact_sha256: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_image_name(source: ModelSource) -> str:
+    return f"mnistkit/mnist:{source.sha256[:12]}"
+
+
+def build_model(config: BuildConfig, client: Any = None, *, cache_dir: Path | None = None) -> BuildSummary:
+    """Build (and optionally smoke-test and push) the Seldon image for ``config.source``.
+
+    ``client`` is a docker client; ``None`` with ``source_only`` needs no engine.
+    ``cache_dir`` keeps the builder's base image work and wheelhouse (default: MNISTKIT_HOME)."""
+    config.validate()
+    source = resolve_source(config.source)
+    image = config.image or default_image_name(source)
+    work = Path(config.work_dir or tempfile.gettempdir())
+    if config.source_only:
+        folder = make_source_folder(
+            source, config.source_only, model_name=config.model_name, wheel_cache=work / "wheels"
+        )
+        log.info("wrote the s2i source folder %s", folder)
+        return BuildSummary(image=image, source=str(folder), artifact_sha256=source.sha256)
+    credentials: Credentials | None = None
+    if config.push:  # fail on missing credentials before the build, not after
+        credentials = find_credentials(ImageRef.parse(image), config.username, config.password)
+    if client is None:
+        raise ConfigError("building an image needs a docker engine")
+    if config.builder is None:
+        from ..local.dockerd import mnistkit_home
+        from .builder_image import ensure_image
+
+        config = replace(config, builder=ensure_image(client, "seldon-torch", cache_dir=cache_dir or mnistkit_home()))
+    assert config.builder is not None
+    _have_builder(client, config)
+    built = _reusable(client, image, source.sha256, config.builder) if config.reuse else None
+    if built is not None:
+        log.info("reusing %s: same model, same mnistkit, same builder", image)
+    else:
+        built = _build(config, client, source, image, work)
+    return _verify_and_push(config, client, source, built, credentials)
+
+
+def _build(config: BuildConfig, client: Any, source: ModelSource, image: str, work: Path) -> BuildSummary:
+    builder = config.builder
+    assert builder is not None
+    work.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=work, prefix="s2i-"))
+    try:
+        folder = make_source_folder(source, tmp / "src", model_name=config.model_name, wheel_cache=work / "wheels")
+        builder_id = _image_id(client, builder) or ""
+        labels = image_labels(source, image, builder, _builder_digest(client, builder))
+        labels["io.mnistkit.builder.id"] = builder_id
+        if config.use_s2i:
+            started = time.monotonic()
+            s2i_binary_build(folder, image, builder)
+            img = client.images.get(image)
+            image_id, size, seconds = img.id, int(img.attrs.get("Size", 0)), time.monotonic() - started
+        else:
+            result = s2i_build(client, folder, image, builder=builder, labels=labels)
+            image_id, size, seconds = result.image_id, result.size, result.seconds
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("built %s (%.0f MB) in %.1fs", image, size / 1e6, seconds)
+    return BuildSummary(
+        image=image, image_id=image_id, size=size, build_seconds=seconds, artifact_sha256=source.sha256, labels=labels
+    )
+
+
+def _have_builder(client: Any, config: BuildConfig) -> None:
+    """Pull the builder from its registry when it is not here (the cluster's build step)."""
+    assert config.builder is not None
+    ref = ImageRef.parse(config.builder)
+    if _image_id(client, config.builder) is not None or ref.registry is None:
+        return  # present, or a local name: the build says what to do
+    image = ImageRef.parse(config.image) if config.image else None
+    explicit = (config.username, config.password) if image is not None and image.host == ref.host else (None, None)
+    pull(client, ref, find_credentials(ref, *explicit))
+
+
+def _image_id(client: Any, name: str) -> str | None:
+    import docker
+
+    try:
+        return str(client.images.get(name).id)
+    except docker.errors.ImageNotFound:
+        return None
+
+
+def _builder_digest(client: Any, builder: str) -> str:
+    import docker
+
+    try:
+        return str((client.images.get(builder).labels or {}).get("io.mnistkit.builder.digest", ""))
+    except docker.errors.ImageNotFound:
+        return ""
+
+
+def _reusable(client: Any, image: str, sha256: str, builder: str) -> BuildSummary | None:
+    """The existing ``image`` if it holds the same model, built by the same mnistkit on the same builder."""
+    import docker
+
+    from .wheel import package_version
+
+    try:
+        img = client.images.get(image)
+        base = client.images.get(builder)
+    except docker.errors.ImageNotFound:
+        return None
+    labels = img.labels or {}
+    same = (
+        labels.get("io.mnistkit.artifact.sha256") == sha256
+        and labels.get("io.mnistkit.builder.id") == base.id
+        and labels.get("io.mnistkit.version") == package_version()
+    )
+    if not same:
+        return None
+    return BuildSummary(
+        image=image,
+        image_id=img.id,
+        size=int(img.attrs.get("Size", 0)),
+        build_seconds=0.0,
+        artifact_sha256=sha256,
+        labels=dict(labels),
+    )
+
+
+def _verify_and_push(
+    config: BuildConfig, client: Any, source: ModelSource, built: BuildSummary, credentials: Credentials | None
+) -> BuildSummary:
+    smoke = None
+    if config.smoke_test:
+        smoke = smoke_test(client, built.image, source)
+        log.info(
+            "smoke test passed: %d digits, predictions equal the model's (max difference %.1e)",
+            smoke["images"],
+            smoke["max_abs_diff"],
+        )
+    if not config.push:
+        return BuildSummary(**{**asdict(built), "smoke": smoke})
+    started = time.monotonic()
+    pushed = push(client, ImageRef.parse(built.image), credentials)
+    return BuildSummary(
+        **{
+            **asdict(built),
+            "smoke": smoke,
+            "digest": pushed.digest,
+            "reference": pushed.reference,
+            "push_seconds": time.monotonic() - started,
+        }
+    )

@@ -1,0 +1,180 @@
+"""Push an image with credentials, and read errors out of the docker SDK's stream.
+
+The docker SDK does not raise on a failed push (docker-py#1772): ``images.push`` yields
+``{"error": ...}`` items, and every item is checked here. Credentials are looked up for
+the image's own registry (an ``ImageRef``), in order: explicit username/password
+(``--username`` + ``--password-stdin``), the environment (``MNISTKIT_REGISTRY_USERNAME`` /
+``MNISTKIT_REGISTRY_PASSWORD``, for the registry ``MNISTKIT_REGISTRY`` when it is set), or the
+docker config file (``$DOCKER_CONFIG/config.json`` or
+``~/.docker/config.json``). A password is never logged, never put in an exception or a
+repr, and never written anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import PushError
+from ..imageref import ImageRef
+from ..settings import settings
+
+__all__ = ["Credentials", "PushResult", "find_credentials", "push", "pull"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str
+    password: str = field(repr=False)  # never printed, not even in a repr
+    source: str = "explicit"  # where they came from, for messages
+
+    def auth_config(self) -> dict[str, str]:
+        return {"username": self.username, "password": self.password}
+
+
+@dataclass(frozen=True)
+class PushResult:
+    image: ImageRef
+    digest: str
+    size: int | None
+
+    @property
+    def reference(self) -> str:
+        return str(self.image.with_digest(self.digest))
+
+
+def _docker_config_path() -> Path:
+    return Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
+
+
+def _from_docker_config(image: ImageRef) -> Credentials | None:
+    path = _docker_config_path()
+    if not path.exists():
+        return None
+    try:
+        auths = json.loads(path.read_text()).get("auths", {})
+    except (ValueError, OSError, AttributeError):
+        raise PushError(f"{path} is not valid JSON; fix or remove it") from None
+    for key, entry in auths.items():
+        if not image.serves(key) or not isinstance(entry, dict):
+            continue
+        if entry.get("auth"):
+            try:
+                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                raise PushError(
+                    f"the auth entry for {image.host} in {path} is not valid base64 user:password"
+                ) from None
+            return Credentials(user, password, str(path))
+        if entry.get("username") and entry.get("password"):
+            return Credentials(entry["username"], entry["password"], str(path))
+    return None
+
+
+def find_credentials(image: ImageRef, username: str | None = None, password: str | None = None) -> Credentials | None:
+    """Credentials for ``image``'s registry: explicit; else the environment's, when
+    ``MNISTKIT_REGISTRY`` is unset or names this registry; else the docker config entry of
+    this registry (and only this registry)."""
+    if username:
+        if password is None:
+            raise PushError(f"no password for registry user {username!r}: pipe it to --password-stdin")
+        return Credentials(username, password)
+    env = settings()
+    scoped = env.registry is None or image.serves(env.registry)
+    if env.registry_username and scoped:
+        if env.registry_password is None:
+            raise PushError("MNISTKIT_REGISTRY_USERNAME is set but MNISTKIT_REGISTRY_PASSWORD is not; set both")
+        return Credentials(env.registry_username, env.registry_password, "MNISTKIT_REGISTRY_USERNAME/PASSWORD")
+    return _from_docker_config(image)
+
+
+def push(client: Any, image: ImageRef, credentials: Credentials | None) -> PushResult:
+    """Push ``image`` (by tag); return its digest. Raises ``PushError`` on any error item."""
+    import docker
+
+    log.info("pushing %s to %s", image, image.host)
+    digest = size = None
+    progress = _Progress()
+    try:
+        stream = client.images.push(
+            image.repository,
+            tag=image.tag_or_latest,
+            stream=True,
+            decode=True,
+            auth_config=credentials.auth_config() if credentials else None,
+        )
+        for item in stream:
+            if "error" in item or "errorDetail" in item:
+                message = (item.get("errorDetail") or {}).get("message") or item.get("error") or "unknown error"
+                raise PushError(_explain(message, image.host))
+            aux = item.get("aux")
+            if isinstance(aux, dict) and "Digest" in aux:
+                digest, size = aux["Digest"], aux.get("Size")
+            progress.update(item)
+    except docker.errors.APIError as e:
+        raise PushError(_explain(str(e.explanation or e), image.host)) from None
+    except docker.errors.DockerException as e:
+        raise PushError(f"cannot push {image}: {type(e).__name__}; is the docker engine running?") from None
+    if not digest:
+        raise PushError(
+            f"the registry {image.host} did not report a digest for {image}; the push may not have completed"
+        )
+    log.info("pushed %s@%s", image.repository, digest)
+    return PushResult(image, digest, size)
+
+
+class _Progress:
+    """Logs each layer once when it is pushed (with its size) or found already there."""
+
+    def __init__(self) -> None:
+        self.layers: dict[str, str] = {}
+        self.totals: dict[str, int] = {}
+
+    def update(self, item: dict[str, Any]) -> None:
+        status, layer = item.get("status"), item.get("id")
+        if not layer or not status:
+            return
+        total = (item.get("progressDetail") or {}).get("total")
+        if status == "Pushing" and total:
+            self.totals[layer] = int(total)
+        elif self.layers.get(layer) != status and status.startswith(("Pushed", "Layer already exists", "Mounted from")):
+            self.layers[layer] = status
+            mb = f" ({self.totals[layer] / 1e6:.1f} MB)" if layer in self.totals else ""
+            log.info("  %s: %s%s", layer, status, mb)
+
+
+def _explain(message: str, registry: str) -> str:
+    m = message.strip().splitlines()[0] if message.strip() else "unknown error"
+    low = m.lower()
+    if "unauthorized" in low or "authentication required" in low or "401" in low:
+        return f"the registry {registry} refused the credentials ({m}); check the username and password"
+    if "connection refused" in low or "no such host" in low or "dial tcp" in low or "timeout" in low:
+        return f"cannot reach the registry {registry} ({m}); is it running and is the address right?"
+    return f"push to {registry} failed: {m}"
+
+
+def pull(client: Any, image: ImageRef, credentials: Credentials | None) -> str:
+    """Pull ``image`` (tag or digest) with ``credentials``; return the local image id."""
+    import docker
+
+    log.info("pulling %s", image)
+    try:
+        img = client.images.pull(
+            image.repository,
+            tag=image.digest or image.tag_or_latest,
+            auth_config=credentials.auth_config() if credentials else None,
+        )
+    except docker.errors.NotFound:
+        raise PushError(f"{image} is not in the registry {image.host}; build and push it first") from None
+    except docker.errors.APIError as e:
+        raise PushError(_explain(str(e.explanation or e), image.host)) from None
+    except docker.errors.DockerException as e:
+        raise PushError(f"cannot pull {image}: {type(e).__name__}; is the docker engine running?") from None
+    return str(img.id)

@@ -1,0 +1,97 @@
+"""Run a model image on loopback and check it: ``serve_image`` and the smoke test.
+
+The smoke test sends real digits through ``mnistkit.client`` and compares the image's
+answers with the model's own, computed in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from ..errors import PackagingError
+from ..local._proc import free_port, wait_http
+from .source import ModelSource
+
+__all__ = ["example_digits", "digit_labels", "serve_image", "smoke_test"]
+
+
+def example_digits() -> list[Path]:
+    """The example MNIST test digits that ship in the package (``assets/digits``)."""
+    folder = Path(str(files("mnistkit") / "assets" / "digits"))
+    return sorted(folder.glob("*.png"))
+
+
+def digit_labels() -> dict[str, int]:
+    """File name -> true digit of the shipped example digits."""
+    return json.loads((files("mnistkit") / "assets" / "digits" / "labels.json").read_text())
+
+
+def serve_image(client: Any, image: str, timeout: float = 120) -> tuple[Any, str]:
+    """Run a model image on free loopback ports (host network) and wait for /health/ping.
+
+    Returns (container, base URL); the caller removes the container. On failure the
+    container is removed and ``PackagingError`` carries the end of its log."""
+    import docker
+
+    http, grpc, metrics = free_port(), free_port(), free_port()
+    env = {
+        "PREDICTIVE_UNIT_HTTP_SERVICE_PORT": str(http),
+        "PREDICTIVE_UNIT_GRPC_SERVICE_PORT": str(grpc),
+        "PREDICTIVE_UNIT_METRICS_SERVICE_PORT": str(metrics),
+    }
+    try:
+        container = client.containers.run(
+            image, detach=True, network_mode="host", environment=env, labels={"io.mnistkit.served": image}
+        )
+    except docker.errors.ImageNotFound:
+        raise PackagingError(f"image {image} not found; build it first") from None
+    except docker.errors.APIError as e:
+        raise PackagingError(f"cannot run {image}: {e.explanation or e}") from None
+    url = f"http://127.0.0.1:{http}"
+    if not wait_http(f"{url}/health/ping", timeout):
+        container.reload()
+        logs = container.logs(tail=5).decode(errors="replace").strip().replace("\n", " | ")
+        status = container.status
+        container.remove(force=True)
+        raise PackagingError(f"{image} did not serve within {timeout:.0f}s (status {status}): {logs}")
+    return container, url
+
+
+def smoke_test(
+    client: Any, image: str, source: ModelSource, images: list[Path] | None = None, timeout: float = 120
+) -> dict[str, Any]:
+    """Run ``image``, wait for /health/ping, send real digits through ``mnistkit.client``
+    and compare with the in-process model. Raises ``PackagingError`` on any difference."""
+    import numpy as np
+
+    from ..client import Endpoint, QueryConfig, load_inputs, predict
+    from ..serving import MnistModel
+
+    started = time.monotonic()
+    files_ = images or example_digits()
+    try:
+        container, url = serve_image(client, image, timeout)
+    except PackagingError as e:
+        raise PackagingError(f"smoke test: {e}") from None
+    try:
+        inputs = load_inputs(files_)
+        served = predict(inputs, QueryConfig(Endpoint(url=f"{url}/api/v1.0/predictions"), timeout=30))
+        local = MnistModel(str(source.artifact)).predict(np.stack([i.pixels for i in inputs]).astype(np.float32))
+        got = np.array([p.probabilities for p in served])
+        diff = float(np.abs(got - local).max())
+        if diff > 1e-4 or not (got.argmax(1) == local.argmax(1)).all():
+            raise PackagingError(
+                f"smoke test: the image's predictions differ from the model's (max difference {diff:.2e})"
+            )
+    finally:
+        container.remove(force=True)
+    return {
+        "images": len(files_),
+        "max_abs_diff": diff,
+        "digits": [p.digit for p in served],
+        "seconds": time.monotonic() - started,
+    }

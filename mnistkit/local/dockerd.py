@@ -1,0 +1,147 @@
+"""The docker engine mnistkit talks to: the user's, or an embedded dockerd whose data,
+exec root, pidfile and socket all live under one folder.
+
+A dockerd already answering on the folder's socket is reused; one started here is
+stopped by ``stop()`` (its whole process group).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import PackagingError
+from ..settings import settings
+from ._proc import find_exe, spawn, stop_group, wait_until
+
+__all__ = ["LocalDocker", "connect_docker", "mnistkit_home"]
+
+
+def mnistkit_home() -> Path:
+    """Where embedded services and caches keep their state (``$MNISTKIT_HOME``, default
+    ``~/.mnistkit``), created when missing."""
+    home = settings().home_path
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PackagingError(f"cannot create {home}: {e.strerror}; set MNISTKIT_HOME to a writable folder") from None
+    return home
+
+
+@dataclass
+class LocalDocker:
+    """A dockerd whose data, exec root, pidfile and socket all live under ``root``."""
+
+    root: Path
+    proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def socket(self) -> Path:
+        return self.root / "docker.sock"
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.socket}"
+
+    def client(self, timeout: int = 600) -> Any:
+        import docker
+
+        return docker.DockerClient(base_url=self.host, timeout=timeout)
+
+    def _answers(self) -> bool:
+        if not self.socket.exists():
+            return False
+        try:
+            return bool(self.client(timeout=5).ping())
+        except Exception:  # docker raises several types for a dead socket
+            return False
+
+    def start(self, timeout: float = 60) -> "LocalDocker":
+        self.root = Path(self.root).resolve()
+        if self._answers():
+            return self
+        dockerd = find_exe("dockerd", "apt-get install docker.io (make test/demo do this)", PackagingError)
+        self.root.mkdir(parents=True, exist_ok=True)
+        # the exec root must be short: unix socket paths are limited to 108 bytes
+        exec_root = Path("/run/mnistkit") / hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+        exec_root.mkdir(parents=True, exist_ok=True)
+        self.socket.unlink(missing_ok=True)
+        self.proc = spawn(
+            [
+                dockerd,
+                "--data-root",
+                str(self.root / "data"),
+                "--exec-root",
+                str(exec_root),
+                "--pidfile",
+                str(self.root / "dockerd.pid"),
+                "--host",
+                self.host,
+                "--storage-driver",
+                "overlay2",
+                "--iptables=false",
+                "--ip6tables=false",
+                "--bridge=none",
+            ],
+            self.root / "dockerd.log",
+        )
+        if wait_until(self._answers, timeout, proc=self.proc, interval=0.2):
+            return self
+        if self.proc.poll() is not None:
+            tail = (self.root / "dockerd.log").read_text(errors="replace").splitlines()[-3:]
+            raise PackagingError(f"dockerd exited at start: {' | '.join(tail)}")
+        self.stop()
+        raise PackagingError(f"dockerd did not answer on {self.socket} within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_group(self.proc)
+            self.proc = None
+
+
+def _ping(base_url: str) -> Any:
+    import docker
+
+    client = docker.DockerClient(base_url=base_url, timeout=600)
+    client.ping()
+    return client
+
+
+def connect_docker(
+    docker_host: str | None = None, *, home: Path | None = None, wait: float = 0
+) -> tuple[Any, LocalDocker | None]:
+    """A docker client: ``docker_host`` or ``$DOCKER_HOST`` if given (waiting up to ``wait``
+    seconds for it to answer, as a sidecar engine starts beside its pod), else the
+    machine's engine at /var/run/docker.sock if it answers, else an embedded dockerd under
+    ``home``/docker (started here; the caller stops it). Returns (client, embedded or None)."""
+    import docker
+
+    host = docker_host or os.environ.get("DOCKER_HOST")
+    if host:
+        found: list[Any] = []
+
+        def answers() -> bool:
+            try:
+                found.append(_ping(host))
+                return True
+            except docker.errors.DockerException:
+                return False
+
+        if answers() or (wait > 0 and wait_until(answers, wait, interval=1)):
+            return found[-1], None
+        raise PackagingError(
+            f"cannot reach the docker engine at {host}"
+            + (f" within {wait:.0f}s" if wait else "")
+            + "; is it running, and is DOCKER_HOST right?"
+        )
+    if os.path.exists("/var/run/docker.sock"):
+        try:
+            return _ping("unix:///var/run/docker.sock"), None
+        except docker.errors.DockerException:
+            pass
+    local = LocalDocker(Path(home or mnistkit_home()) / "docker").start()
+    return local.client(), local

@@ -1,0 +1,91 @@
+"""Run the real ``seldon-core-microservice`` as a child process on loopback ports.
+
+Used by the tests, the serving benchmark and local runs. The microservice binds 0.0.0.0
+and leaves gRPC children behind on SIGTERM, so it runs in its own process group and the
+whole group is stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ServingError
+from ._proc import find_exe, free_port, spawn, stop_group, wait_http
+
+__all__ = ["Microservice", "start_microservice"]
+
+
+@dataclass
+class Microservice:
+    proc: subprocess.Popen[bytes]
+    http_port: int
+    metrics_port: int
+    grpc_port: int
+    log_path: Path
+    url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.url = f"http://127.0.0.1:{self.http_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        stop_group(self.proc, timeout=10)
+
+    def __enter__(self) -> "Microservice":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_microservice(
+    interface: str = "mnistkit.serving.MnistModel",
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    workers: int = 1,
+    threads: int = 1,
+    log_path: str | os.PathLike[str] | None = None,
+    timeout: float = 60,
+    command: list[str] | None = None,
+) -> Microservice:
+    """Start ``seldon-core-microservice INTERFACE`` (or ``command``, which takes the same
+    arguments) on free ports and wait for /health/ping."""
+    exe = command or [find_exe("seldon-core-microservice", "pip install 'mnistkit[serve]'", ServingError)]
+    http, metrics, grpc = free_port(), free_port(), free_port()
+    log = Path(log_path) if log_path else Path(cwd or ".") / f"microservice-{http}.log"
+    full_env = {**os.environ, "GUNICORN_WORKERS": str(workers), "GUNICORN_THREADS": str(threads), **(env or {})}
+    proc = spawn(
+        [
+            *exe,
+            interface,
+            "--service-type",
+            "MODEL",
+            "--http-port",
+            str(http),
+            "--grpc-port",
+            str(grpc),
+            "--metrics-port",
+            str(metrics),
+        ],
+        log,
+        env=full_env,
+        cwd=cwd,
+    )
+    service = Microservice(proc, http, metrics, grpc, log)
+    if not wait_http(f"{service.url}/health/ping", timeout, proc=proc):
+        service.stop()
+        tail = "\n".join(service.log().splitlines()[-5:])
+        state = (
+            f"exited with status {proc.returncode}"
+            if proc.returncode is not None
+            else f"did not answer within {timeout:.0f}s"
+        )
+        raise ServingError(f"the microservice {state}:\n{tail}")
+    return service

@@ -1,0 +1,143 @@
+"""Request payloads, image files and arrays -> validated ``(n, 28, 28)`` pixels 0..255.
+
+The one set of input rules, numpy only (no torch): the Seldon class, the V2 runtime and
+the query client all read images and arrays through here, so they accept the same shapes::
+
+    [784]  [28, 28]  [n, 784]  [n, 28, 28]  [n, 1, 28, 28]
+
+Raw MNIST intensities are 0..255, white digit on black. ``BadInput`` says what is wrong.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "SIDE",
+    "PIXELS",
+    "SHAPES",
+    "MIN_SIDE",
+    "BadInput",
+    "DecodedImage",
+    "as_batch",
+    "batch_size_of",
+    "decode_image",
+    "encode_png",
+    "to_pixels",
+]
+
+SIDE = 28
+PIXELS = SIDE * SIDE
+SHAPES = "[784], [28, 28], [n, 784], [n, 28, 28] or [n, 1, 28, 28]"
+#: Smaller images cannot hold a recognisable digit; they are refused, not blown up.
+MIN_SIDE = 8
+
+
+class BadInput(ValueError):
+    """An input mnistkit cannot read as digits; servers answer it with HTTP 400."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    pixels: np.ndarray  # (28, 28) uint8, white digit on black as MNIST stores it
+    resized_from: tuple[int, int] | None  # (width, height) when the image was not 28x28
+
+
+def batch_size_of(shape: tuple[int, ...]) -> int | None:
+    """How many images an array of ``shape`` holds under the shape rules, or None."""
+    if shape in ((PIXELS,), (SIDE, SIDE)):
+        return 1
+    if len(shape) == 2 and shape[1] == PIXELS or len(shape) == 3 and shape[1:] == (SIDE, SIDE):
+        return shape[0]
+    if len(shape) == 4 and shape[1:] == (1, SIDE, SIDE):
+        return shape[0]
+    return None
+
+
+def as_batch(values: Any, *, max_batch: int | None = None, what: str = "the request") -> np.ndarray:
+    """An array of pixel numbers -> ``(n, 28, 28)`` float32, checked: numbers, finite,
+    0..255, a known shape, at most ``max_batch`` images."""
+    try:
+        arr = np.asarray(values)
+    except (ValueError, OverflowError):
+        raise BadInput(f"{what} is ragged; every image must have {PIXELS} pixels") from None
+    if arr.size == 0:
+        raise BadInput(f"{what} holds no pixels; send {PIXELS} values (0..255) per image")
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+        kind = "strings" if arr.dtype.kind in "USO" else str(arr.dtype)
+        raise BadInput(f"pixels must be numbers 0..255, got {kind}")
+    n = batch_size_of(arr.shape)
+    if n is None:
+        raise BadInput(f"cannot read shape {list(arr.shape)} as images: use {SHAPES}")
+    if max_batch is not None and n > max_batch:
+        raise BadInput(f"batch of {n} images is over the limit of {max_batch}; split the request")
+    with np.errstate(over="ignore", invalid="ignore"):
+        pixels = arr.astype(np.float32).reshape(n, SIDE, SIDE)
+    if not np.isfinite(pixels).all():
+        raise BadInput("pixels must be finite numbers 0..255; the input holds NaN, Infinity or a number too large")
+    lo, hi = float(pixels.min()), float(pixels.max())
+    if lo < 0 or hi > 255:
+        raise BadInput(f"pixels must lie in 0..255 (raw intensities), got values from {lo:g} to {hi:g}")
+    return pixels
+
+
+def decode_image(
+    data: bytes, *, invert: bool = False, name: str = "image", max_pixels: int | None = None
+) -> DecodedImage:
+    """Decode any image Pillow reads, convert it to grey and, if needed, resize it to 28x28.
+
+    ``invert`` turns a black-on-white drawing into MNIST's white-on-black. Images over
+    ``max_pixels`` (width x height) are refused before they are decoded (a small file can
+    claim a huge canvas), as are images under 8x8. Raises ``BadInput``.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise BadInput(
+                    f"{name} is {width}x{height} pixels, over the limit of {max_pixels}; send a smaller image"
+                )
+            if min(width, height) < MIN_SIDE:
+                raise BadInput(f"{name} is {width}x{height} pixels; a digit needs at least {MIN_SIDE}x{MIN_SIDE}")
+            img.load()
+            grey = img.convert("L")
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        if isinstance(e, BadInput):
+            raise
+        raise BadInput(f"{name} is not an image Pillow can read ({type(e).__name__})") from None
+    resized = None
+    if grey.size != (SIDE, SIDE):
+        resized = grey.size
+        grey = grey.resize((SIDE, SIDE), Image.Resampling.LANCZOS)
+    pixels = np.asarray(grey, dtype=np.uint8)
+    if invert:
+        pixels = (255 - pixels).astype(np.uint8)
+    return DecodedImage(pixels=pixels, resized_from=resized)
+
+
+def encode_png(pixels: np.ndarray) -> bytes:
+    """(28, 28) pixels 0..255 -> PNG bytes."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def to_pixels(payload: Any, *, max_batch: int, max_image_pixels: int | None = None, invert: bool = False) -> np.ndarray:
+    """A served request's input -> ``(n, 28, 28)`` float32: encoded image bytes, or an
+    array of pixels. strData/jsonData (str, dict) are refused. Raises ``BadInput``."""
+    if isinstance(payload, (bytes, bytearray)):
+        image = decode_image(bytes(payload), invert=invert, name="the image", max_pixels=max_image_pixels)
+        return image.pixels[None].astype(np.float32)
+    if isinstance(payload, str):
+        raise BadInput("strData is not accepted: send pixels as tensor/ndarray, or an image as binData")
+    if isinstance(payload, dict):
+        raise BadInput("jsonData is not accepted: send pixels as tensor/ndarray, or an image as binData")
+    return as_batch(payload, max_batch=max_batch)

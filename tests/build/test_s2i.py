@@ -1,0 +1,49 @@
+"""The s2i source folder and the s2i contract over the docker SDK."""
+
+from __future__ import annotations
+
+import pytest
+
+import docker
+from mnistkit.build.s2i import make_source_folder, read_s2i_environment, s2i_build
+from mnistkit.build.source import resolve_source
+from mnistkit.errors import PackagingError
+from mnistkit.local.microservice import start_microservice
+
+pytestmark = pytest.mark.docker
+
+
+def test_source_folder_is_what_seldons_builder_expects(trained_run, tmp_path):
+    source = resolve_source(trained_run.run_dir)
+    folder = make_source_folder(source, tmp_path / "src", wheel_cache=tmp_path / "wheels")
+    assert read_s2i_environment(folder) == {
+        "MODEL_NAME": "MnistModel",
+        "API_TYPE": "REST",
+        "SERVICE_TYPE": "MODEL",
+        "PERSISTENCE": "0",
+    }
+    reqs = (folder / "requirements.txt").read_text()
+    assert "./wheels/mnistkit-" in reqs and (folder / "wheels").is_dir()
+    # Seldon's s2i run script starts `seldon-core-microservice $MODEL_NAME` in the folder: do exactly that
+    with start_microservice(
+        "MnistModel", cwd=folder, env={"MNISTKIT_MODEL": ""}, log_path=tmp_path / "ms.log"
+    ) as service:
+        import requests
+
+        r = requests.post(service.url + "/api/v1.0/predictions", json={"data": {"ndarray": [[0] * 784]}}, timeout=10)
+        assert r.status_code == 200 and len(r.json()["data"]["ndarray"][0]) == 10
+    with pytest.raises(PackagingError, match="already exists and is not empty"):
+        make_source_folder(source, folder, wheel_cache=tmp_path / "wheels")
+
+
+def test_failing_assemble_fails_with_its_output_and_leaves_no_container(
+    trained_run, docker_client, builder_image, tmp_path
+):
+    folder = make_source_folder(resolve_source(trained_run.run_dir), tmp_path / "src", wheel_cache=tmp_path / "wheels")
+    (folder / ".s2i" / "environment").write_text("MODEL_NAME=NoSuchModule\n")
+    before = {c.id for c in docker_client.containers.list(all=True)}
+    with pytest.raises(PackagingError, match="assemble failed with exit code 1: .*NoSuchModule.py not found"):
+        s2i_build(docker_client, folder, "mnistkit/should-not-exist:1", builder=builder_image)
+    assert {c.id for c in docker_client.containers.list(all=True)} == before
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get("mnistkit/should-not-exist:1")

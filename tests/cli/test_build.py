@@ -1,0 +1,105 @@
+"""mnistkit-build through its CLI: one-line errors, groups as sources, the build-tool image."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from mnistkit.cli.build import main as build_main
+from support import CANARY, USER, free_port
+
+pytestmark = pytest.mark.docker
+
+
+def _cli(args, stdin=None):
+    return CliRunner(mix_stderr=False).invoke(build_main, args, input=stdin)
+
+
+def test_cli_errors_are_one_line(trained_run, docker_engine, builder_image, registry, tmp_path):
+    base = [str(trained_run.run_dir), "--docker-host", docker_engine.host, "--work-dir", str(tmp_path)]
+    cases = {
+        "wrong password": (
+            base
+            + [
+                "--image",
+                f"{registry.address}/mnistkit/mnist:wrongpw",
+                "--push",
+                "--username",
+                USER,
+                "--password-stdin",
+            ],
+            "wrong\n",
+            "refused the credentials",
+        ),
+        "registry down": (
+            base
+            + [
+                "--image",
+                f"127.0.0.1:{free_port()}/mnistkit/mnist:down",
+                "--push",
+                "--username",
+                USER,
+                "--password-stdin",
+            ],
+            CANARY + "\n",
+            "cannot reach the registry",
+        ),
+        "unknown builder": (
+            base + ["--builder", "mnistkit/no-such-builder:1"],
+            None,
+            "builder image mnistkit/no-such-builder:1 not found",
+        ),
+        "bad image name": (base + ["--image", "Bad Name"], None, "is not an image reference"),
+        "not a model": ([str(tmp_path), "--source-only", str(tmp_path / "x")], None, "no manifest.json"),
+    }
+    for name, (args, stdin, message) in cases.items():
+        r = _cli(args, stdin)
+        lines = r.stderr.strip().splitlines()
+        assert r.exit_code == 1 and lines and lines[-1].startswith("Error: ") and message in lines[-1], (name, r.stderr)
+        assert sum(line.startswith("Error") for line in lines) == 1 and "Traceback" not in r.stderr, name
+
+
+def test_cli_builds_from_a_group_with_json(trained_run, docker_engine, builder_image, tmp_path):
+    # a search group folder: its recorded best trial is what gets built
+    group = tmp_path / "group"
+    (group / "trials").mkdir(parents=True)
+    import shutil
+
+    shutil.copytree(trained_run.run_dir, group / "trials" / "trial-000")
+    (group / "best.json").write_text(
+        json.dumps(
+            {
+                "trial": "trial-000",
+                "artifact": "moved-away",
+                "artifact_relative": "trials/trial-000/model",
+                "artifact_sha256": trained_run.artifact_sha256,
+            }
+        )
+    )
+    r = _cli(
+        [
+            str(group),
+            "--image",
+            "mnistkit/mnist:from-group",
+            "--docker-host",
+            docker_engine.host,
+            "--work-dir",
+            str(tmp_path / "w"),
+            "--json",
+        ]
+    )
+    assert r.exit_code == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["artifact_sha256"] == trained_run.artifact_sha256 and out["labels"]["io.mnistkit.trial"] == "trial-000"
+
+
+def test_build_tool_image_runs_mnistkit_build(docker_client, builder_image):
+    from mnistkit.build.builder_image import ensure_image
+    from support import HOME
+
+    tag = ensure_image(docker_client, "tool", cache_dir=HOME)
+    out = docker_client.containers.run(tag, ["--help"], remove=True, network_disabled=True).decode()
+    assert "Package a trained model as a Seldon Core image" in out
+    assert docker_client.images.get(tag).attrs["Config"]["User"] == "1001"

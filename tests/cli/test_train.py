@@ -1,0 +1,79 @@
+import json
+
+import torch
+from click.testing import CliRunner
+
+from mnistkit.cli.build import main as build_main
+from mnistkit.cli.query import main as query_main
+from mnistkit.cli.train import main as train_main
+from mnistkit.network import Network
+
+
+def test_train_cli_on_a_slice_of_real_mnist(tmp_path):
+    result = CliRunner(mix_stderr=False).invoke(
+        train_main,
+        [
+            "--epochs",
+            "1",
+            "--train-samples",
+            "2000",
+            "--test-samples",
+            "1000",
+            "--lr",
+            "0.1",
+            "--output-dir",
+            str(tmp_path),
+            "--run-name",
+            "cli",
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert out["run_id"] == "cli" and out["best_accuracy"] > 0.5  # chance is 0.1
+    assert (tmp_path / "cli" / "model" / "manifest.json").exists()
+
+
+def test_train_cli_defaults_are_the_2018_ones():
+    params = {p.name: p.default for p in train_main.params}
+    assert params["batch_size"] == 64 and params["test_batch_size"] == 1000 and params["epochs"] == 10
+    assert params["lr"] == 0.01 and params["momentum"] == 0.5 and params["seed"] == 1 and params["log_interval"] == 10
+
+
+def test_bad_flag_value_is_one_line_and_exit_1(tmp_path):
+    result = CliRunner(mix_stderr=False).invoke(train_main, ["--lr", "-1", "--output-dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == ["Error: --lr must be a positive number (got -1.0)"]
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_unwritable_output_dir(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    result = CliRunner(mix_stderr=False).invoke(
+        train_main, ["--epochs", "1", "--train-samples", "64", "--output-dir", str(blocker / "runs")]
+    )
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: cannot create run folder") and "Traceback" not in result.stderr
+
+
+def test_missing_data_dir(tmp_path):
+    result = CliRunner(mix_stderr=False).invoke(
+        train_main, ["--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 1 and "--data-dir" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_import_legacy_cli(tmp_path):
+    torch.save(Network().state_dict(), tmp_path / "model.dat")
+    result = CliRunner(mix_stderr=False).invoke(
+        train_main, ["--import-legacy", str(tmp_path / "model.dat"), "--output-dir", str(tmp_path / "runs")]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "runs" / "imported-model" / "model" / "manifest.json").exists()
+
+
+def test_every_command_answers_help():
+    for main in (train_main, build_main, query_main):
+        result = CliRunner(mix_stderr=False).invoke(main, ["--help"])
+        assert result.exit_code == 0 and "Usage" in result.output
