@@ -17,48 +17,49 @@ def _cli(args, stdin=None):
     return CliRunner(mix_stderr=False).invoke(build_main, args, input=stdin)
 
 
-def test_cli_errors_are_one_line(trained_run, docker_engine, builder_image, registry, tmp_path):
-    base = [str(trained_run.run_dir), "--docker-host", docker_engine.host, "--work-dir", str(tmp_path)]
-    cases = {
-        "wrong password": (
-            base
-            + [
-                "--image",
-                f"{registry.address}/mnistkit/mnist:wrongpw",
-                "--push",
-                "--username",
-                USER,
-                "--password-stdin",
-            ],
-            "wrong\n",
-            "refused the credentials",
-        ),
-        "registry down": (
-            base
-            + [
-                "--image",
-                f"127.0.0.1:{free_port()}/mnistkit/mnist:down",
-                "--push",
-                "--username",
-                USER,
-                "--password-stdin",
-            ],
-            CANARY + "\n",
-            "cannot reach the registry",
-        ),
-        "unknown builder": (
-            base + ["--builder", "mnistkit/no-such-builder:1"],
-            None,
-            "builder image mnistkit/no-such-builder:1 not found",
-        ),
-        "bad image name": (base + ["--image", "Bad Name"], None, "is not an image reference"),
-        "not a model": ([str(tmp_path), "--source-only", str(tmp_path / "x")], None, "no manifest.json"),
-    }
-    for name, (args, stdin, message) in cases.items():
-        r = _cli(args, stdin)
-        lines = r.stderr.strip().splitlines()
-        assert r.exit_code == 1 and lines and lines[-1].startswith("Error: ") and message in lines[-1], (name, r.stderr)
-        assert sum(line.startswith("Error") for line in lines) == 1 and "Traceback" not in r.stderr, name
+PUSH = ["--push", "--username", USER, "--password-stdin"]
+ERRORS = {  # case -> (extra arguments, stdin, what the one line says)
+    "wrong password": (
+        lambda reg: ["--image", f"{reg}/mnistkit/mnist:wrongpw", *PUSH],
+        "wrong\n",
+        "refused the credentials",
+    ),
+    "registry down": (
+        lambda reg: ["--image", f"127.0.0.1:{free_port()}/mnistkit/mnist:down", *PUSH],
+        CANARY + "\n",
+        "cannot reach the registry",
+    ),
+    "unknown builder": (
+        lambda reg: ["--builder", "mnistkit/no-such-builder:1"],
+        None,
+        "builder image mnistkit/no-such-builder:1 not found",
+    ),
+    "bad image name": (lambda reg: ["--image", "Bad Name"], None, "is not an image reference"),
+}
+
+
+@pytest.mark.parametrize("case", list(ERRORS))
+def test_cli_errors_are_one_line(case, trained_run, docker_engine, builder_image, registry, tmp_path):
+    extra, stdin, message = ERRORS[case]
+    args = [
+        str(trained_run.run_dir),
+        "--docker-host",
+        docker_engine.host,
+        "--work-dir",
+        str(tmp_path),
+        *extra(registry.address),
+    ]
+    r = _cli(args, stdin)
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 1 and lines and lines[-1].startswith("Error: ") and message in lines[-1], r.stderr
+    assert sum(line.startswith("Error") for line in lines) == 1 and "Traceback" not in r.stderr
+
+
+def test_not_a_model_is_one_line(tmp_path):
+    r = _cli([str(tmp_path), "--source-only", str(tmp_path / "x")])
+    assert r.exit_code == 1 and r.stderr.strip().splitlines() == [
+        f"Error: no manifest.json in {tmp_path} or {tmp_path / 'model'}; is this a mnistkit run folder?"
+    ]
 
 
 def test_cli_builds_from_a_group_with_json(trained_run, docker_engine, builder_image, tmp_path):
