@@ -58,6 +58,7 @@ class MnistModel:
         self.max_batch = int(max_batch or env.max_batch)
         self.max_image_pixels = env.max_image_pixels
         self.threads = int(threads or env.threads)
+        self.runtime = env.runtime
         self.invert = invert
         # Seldon writes custom metrics to a multiprocessing manager (two IPC round trips per
         # update), so counters are handed over at most once per interval, not per request.
@@ -68,7 +69,7 @@ class MnistModel:
             self.manifest, self.sha256, _ = read_manifest(self.model_path)
         except ArtifactError as e:
             raise ServingError(f"cannot serve: {e}") from None
-        self._network: Any = None
+        self._predictor: Any = None
         self._pending = np.zeros(10, dtype=np.int64)  # predictions per digit since last metrics()
         self._refused = 0
         log.info("mnistkit model %s (sha256 %s) ready to load", self.model_path, self.sha256[:12])
@@ -76,24 +77,15 @@ class MnistModel:
     # -- Seldon hooks -----------------------------------------------------------------
 
     def load(self) -> None:
-        """Load the weights (Seldon calls this in each server process)."""
-        if self._network is not None:
+        """Load the model (Seldon calls this in each server process)."""
+        if self._predictor is not None:
             return
-        import torch
+        from .runtime import load_predictor
 
-        from .artifact import load_model
-
-        torch.set_num_threads(self.threads)
-        try:
-            model = load_model(self.model_path)
-        except ArtifactError as e:
-            raise ServingError(f"cannot serve: {e}") from None
-        if model.sha256 != self.sha256:
+        predictor = load_predictor(self.model_path, runtime=self.runtime, threads=self.threads)
+        if predictor.sha256 != self.sha256:
             raise ServingError(f"cannot serve: {self.model_path} changed after start-up")
-        self._network = model.network
-        from .data import preprocess
-
-        self._preprocess = preprocess
+        self._predictor = predictor
 
     def predict_raw(self, request: Any) -> Any:
         """Check the raw REST message Seldon would otherwise fail on with a 500, then hand
@@ -119,13 +111,8 @@ class MnistModel:
         return out
 
     def _infer(self, pixels: np.ndarray) -> np.ndarray:
-        import torch
-
         self.load()
-        with torch.inference_mode():
-            x = self._preprocess(torch.from_numpy(pixels))  # (n, 1, 28, 28)
-            probs = self._network(x).exp()  # (n, 10)
-        return probs.numpy()
+        return self._predictor.predict(pixels)  # (n, 10)
 
     def class_names(self) -> list[str]:
         return DIGITS

@@ -49,8 +49,8 @@ def probs_of(body):
 
 def test_serving_path_feeds_the_network_the_training_tensor(model, mnist, monkeypatch):
     seen = []
-    real = model._network.forward
-    monkeypatch.setattr(model._network, "forward", lambda x: (seen.append(x.clone()), real(x))[1])
+    real = model._predictor.network.forward
+    monkeypatch.setattr(model._predictor.network, "forward", lambda x: (seen.append(x.clone()), real(x))[1])
     raw = mnist.test_images[:3]
     # what the 2018 client sent: int32 pixels of a PNG, flattened
     model.predict(raw.numpy().astype(np.int32).reshape(3, 784), [])
