@@ -14,6 +14,7 @@ where the s2i build puts it.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -184,10 +185,21 @@ class MnistModel:
         self._refused += 1
         raise SeldonMicroserviceException(message, status_code=400, reason="MNISTKIT_BAD_INPUT")
 
+    def _check_bindata(self, value: Any) -> None:
+        import binascii
+
+        if not isinstance(value, (str, bytes)):  # bytes: a multipart upload, base64-encoded by Seldon
+            self._refuse(f"binData must be a base64 string of an image file, got {type(value).__name__}")
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            self._refuse("binData is not valid base64; send the image file's bytes base64-encoded")
+
     def _check_message(self, request: dict[str, Any]) -> None:
         data = request.get("data")
         if data is None:
             if "binData" in request:
+                self._check_bindata(request["binData"])
                 return
             kinds = ", ".join(k for k in ("strData", "jsonData") if k in request) or "no data"
             self._refuse(f"request has {kinds}: send pixels in data.tensor / data.ndarray, or an image as binData")
@@ -206,9 +218,9 @@ class MnistModel:
                 or not isinstance(tensor.get("values"), list)
             ):
                 self._refuse("data.tensor needs a list 'shape' and a list 'values'")
-            try:
-                want = int(np.prod(tensor["shape"])) if tensor["shape"] else 1
-            except (TypeError, ValueError):
-                self._refuse("data.tensor.shape must be a list of integers")
+            shape = tensor["shape"]
+            if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+                self._refuse(f"data.tensor.shape must be a list of whole numbers >= 0, got {str(shape)[:100]}")
+            want = int(np.prod(shape, dtype=object)) if shape else 1
             if want != len(tensor["values"]):
                 self._refuse(f"data.tensor.shape {tensor['shape']} needs {want} values, got {len(tensor['values'])}")
