@@ -177,7 +177,10 @@ class Guard:
             body = stream.read(length) if length >= 0 else stream.read(limit + 1)  # chunked: at most limit + 1
         except Exception as e:  # gunicorn's errors for a broken chunked body or a client gone mid-body
             return _error(
-                start_response, "400 Bad Request", f"the body could not be read ({type(e).__name__})", "MNISTKIT_BAD_INPUT"
+                start_response,
+                "400 Bad Request",
+                f"the body could not be read ({type(e).__name__})",
+                "MNISTKIT_BAD_INPUT",
             )
         if len(body) > limit:
             _discard(environ, DISCARD_LIMIT)

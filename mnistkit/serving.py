@@ -52,7 +52,7 @@ class MnistModel:
         invert: bool = False,
         metrics_interval: float | None = None,
     ) -> None:
-        from .artifact import read_manifest
+        from .artifact import onnx_record, read_manifest
 
         env = settings()
         self.model_path = Path(model_path or env.model)
@@ -68,12 +68,13 @@ class MnistModel:
         try:
             # Verify at start-up so a missing or tampered artifact stops the server at once.
             self.manifest, self.sha256, _ = read_manifest(self.model_path)
+            onnx_record(self.manifest)  # an ONNX model must belong to these weights
         except ArtifactError as e:
             raise ServingError(f"cannot serve: {e}") from None
         self._predictor: Any = None
         self._pending = np.zeros(10, dtype=np.int64)  # predictions per digit since last metrics()
         self._refused = 0
-        log.info("mnistkit model %s (sha256 %s) ready to load", self.model_path, self.sha256[:12])
+        log.info("mnistkit model %s (sha256 %s) ready to load", self.model_path, self.artifact_sha256[:12])
 
     # -- Seldon hooks -----------------------------------------------------------------
 
@@ -118,9 +119,19 @@ class MnistModel:
     def class_names(self) -> list[str]:
         return DIGITS
 
+    @property
+    def artifact_sha256(self) -> str:
+        """The trained artifact's identity: an image's copy with ``model.onnx`` added has its
+        own manifest, which records where it came from."""
+        return str((self.manifest.get("onnx") or {}).get("source_sha256") or self.sha256)
+
+    @property
+    def platform(self) -> str:
+        return "onnxruntime" if self.manifest.get("onnx") and self.runtime != "torch" else "pytorch"
+
     def tags(self) -> dict[str, str]:
         return {
-            "model_sha256": self.sha256,
+            "model_sha256": self.artifact_sha256,
             "model_run": str(self.manifest.get("run", {}).get("id", "")),
             "mnistkit_version": str(self.manifest.get("versions", {}).get("mnistkit", "")),
         }
@@ -158,8 +169,8 @@ class MnistModel:
         m = self.manifest
         return {
             "name": "mnistkit-mnist",
-            "versions": [self.sha256[:12]],
-            "platform": "pytorch",
+            "versions": [self.artifact_sha256[:12]],
+            "platform": self.platform,
             "inputs": [
                 {"name": "pixels", "datatype": "FP32", "shape": [-1, PIXELS]},
                 {"messagetype": "binData"},
@@ -172,7 +183,7 @@ class MnistModel:
                 "run_id": str(m.get("run", {}).get("id", "")),
                 "params": json.dumps(m.get("train_config", {}), sort_keys=True),
                 "metrics": json.dumps(m.get("metrics", {}), sort_keys=True),
-                "artifact_sha256": self.sha256,
+                "artifact_sha256": self.artifact_sha256,
                 "mnistkit_version": str(m.get("versions", {}).get("mnistkit", "")),
             },
         }

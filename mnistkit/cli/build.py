@@ -59,6 +59,14 @@ def _engine(docker_host: str | None, wait: float = 0) -> tuple[Any, Any]:
     show_default=True,
     help="Run the image and compare its predictions with the model's.",
 )
+@click.option(
+    "--runtime",
+    type=click.Choice(["onnx", "torch"]),
+    default="onnx",
+    show_default=True,
+    help="onnx: export model.onnx (parity-checked on MNIST's test set) and serve it with ONNX Runtime, no torch "
+    "in the image; torch: serve the safetensors weights with torch.",
+)
 @click.option("--push", is_flag=True, help="Push the image to its registry.")
 @click.option(
     "--username",
@@ -213,10 +221,10 @@ def manifests_cmd(
 @click.option(
     "--kind",
     "kind_name",
-    type=click.Choice(["seldon-torch", "tool", "train"]),
-    default="seldon-torch",
+    type=click.Choice(["seldon-onnx", "seldon-torch", "tool", "train"]),
+    default="seldon-onnx",
     show_default=True,
-    help="Which image: the s2i builder, the build tool (the Argo step) or the training image.",
+    help="Which image: the s2i builder (ONNX Runtime or torch), the build tool (the Argo step) or the training image.",
 )
 @click.option("--tool", is_flag=True, help="Same as --kind tool.")
 @click.option("--train", is_flag=True, help="Same as --kind train.")

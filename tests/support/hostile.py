@@ -151,7 +151,9 @@ def _image(n: int = 1, value: int = 0) -> list[list[int]]:
 def _multipart(field_name: str, filename: str, data: bytes) -> tuple[bytes, str]:
     boundary = "mnistkitboundary"
     buf = io.BytesIO()
-    buf.write(f'--{boundary}\r\nContent-Disposition: form-data; name="{field_name}"; filename="{filename}"\r\n'.encode())
+    buf.write(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="{field_name}"; filename="{filename}"\r\n'.encode()
+    )
     buf.write(b"Content-Type: application/octet-stream\r\n\r\n" + data + f"\r\n--{boundary}--\r\n".encode())
     return buf.getvalue(), f"multipart/form-data; boundary={boundary}"
 
@@ -188,7 +190,9 @@ def _cases() -> dict[str, Request]:
         "negative shape": Request(400, _j({"data": {"tensor": {"shape": [-1, -784], "values": [0] * 784}}})),
         "fractional shape": Request(400, _j({"data": {"tensor": {"shape": [784.5], "values": [0] * 784}}})),
         "tensor values not a list": Request(400, _j({"data": {"tensor": {"shape": [784], "values": "0" * 784}}})),
-        "batch over the limit": Request(400, _j({"data": {"tensor": {"shape": [257, 784], "values": [0] * 257 * 784}}})),
+        "batch over the limit": Request(
+            400, _j({"data": {"tensor": {"shape": [257, 784], "values": [0] * 257 * 784}}})
+        ),
         "corrupt PNG": Request(400, _b64(_real_png()[:40] + b"\xff" * 200)),
         "truncated PNG": Request(400, _b64(_real_png()[: len(_real_png()) // 2])),
         "non-image binData": Request(400, _b64(b"MZ\x90\x00 an executable, not an image" * 10)),
