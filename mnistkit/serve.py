@@ -29,7 +29,8 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,22 +93,40 @@ def _error(start_response: Callable[..., Any], status: str, info: str, reason: s
     return [body]
 
 
+@contextmanager
+def _socket_timeout(environ: dict[str, Any], seconds: float) -> Iterator[Callable[[float], None]]:
+    """Give the client's socket (gunicorn puts it in the environ) a timeout for a block, then
+    restore the worker's own setting. Yields a function that changes the timeout."""
+    sock = environ.get("gunicorn.socket")
+    before = sock.gettimeout() if sock is not None else None
+
+    def set_timeout(value: float) -> None:
+        if sock is not None:
+            sock.settimeout(value)
+
+    set_timeout(seconds)
+    try:
+        yield set_timeout
+    finally:
+        if sock is not None:
+            sock.settimeout(before)
+
+
 def _discard(environ: dict[str, Any], limit: int) -> None:
     """Read and drop up to ``limit`` bytes of a body nobody will parse, for at most
     ``DISCARD_SECONDS`` (a client may claim more than it sends)."""
-    sock = environ.get("gunicorn.socket")
     deadline = time.monotonic() + DISCARD_SECONDS
     left = limit
-    try:
-        while left > 0:
-            if sock is not None:
-                sock.settimeout(max(0.01, deadline - time.monotonic()))
-            chunk = environ["wsgi.input"].read(min(left, 1 << 16))
-            if not chunk or time.monotonic() > deadline:
-                return
-            left -= len(chunk)
-    except Exception:  # a timeout, a reset, broken chunked framing: the answer goes out anyway
-        return
+    with _socket_timeout(environ, DISCARD_SECONDS) as set_timeout:
+        try:
+            while left > 0:
+                set_timeout(max(0.01, deadline - time.monotonic()))
+                chunk = environ["wsgi.input"].read(min(left, 1 << 16))
+                if not chunk or time.monotonic() > deadline:
+                    return
+                left -= len(chunk)
+        except Exception:  # a timeout, a reset, broken chunked framing: the answer goes out anyway
+            return
 
 
 class Guard:
@@ -170,11 +189,9 @@ class Guard:
         if length > limit:
             _discard(environ, min(length, DISCARD_LIMIT))
             return self._too_large(start_response, f"{length} bytes")
-        sock = environ.get("gunicorn.socket")
         try:
-            if sock is not None:
-                sock.settimeout(BODY_SECONDS)
-            body = stream.read(length) if length >= 0 else stream.read(limit + 1)  # chunked: at most limit + 1
+            with _socket_timeout(environ, BODY_SECONDS):
+                body = stream.read(length) if length >= 0 else stream.read(limit + 1)  # chunked: at most limit + 1
         except Exception as e:  # gunicorn's errors for a broken chunked body or a client gone mid-body
             return _error(
                 start_response,
@@ -195,8 +212,10 @@ class Guard:
                 f"Content-Type {kind or '(none)'} is not accepted; send JSON as application/json",
                 "MNISTKIT_UNSUPPORTED_MEDIA_TYPE",
             )
-        # count first (C speed): only a body with many brackets can nest too deeply
-        depth = json_depth(body) if body.count(b"[") + body.count(b"{") > self.limits.max_depth else 0
+        # count first (C speed): only a JSON body with many brackets can nest too deeply; JSON in
+        # form fields or ?json= is caught when it is parsed (see guard_app)
+        many = kind == "application/json" and body.count(b"[") + body.count(b"{") > self.limits.max_depth
+        depth = json_depth(body) if many else 0
         if depth > self.limits.max_depth:
             return _error(
                 start_response,
@@ -217,9 +236,23 @@ class Guard:
         )
 
 
+def _too_deep(error: RecursionError) -> Any:
+    """JSON Seldon parses itself (multipart form fields, ``?json=``) nested too deeply."""
+    from flask import jsonify
+
+    info = "the JSON nests too deeply to be read; a prediction request needs a few levels"
+    response = jsonify({"status": {"status": 1, "info": info, "code": -1, "reason": "MNISTKIT_BAD_INPUT"}})
+    response.status_code = 400
+    return response
+
+
 def guard_app(app: Any, limits: GuardLimits | None = None) -> Any:
-    """Put ``Guard`` in front of Seldon's Flask ``app`` (in place) and return the app."""
+    """Put ``Guard`` in front of Seldon's Flask ``app`` (in place) and return the app.
+
+    Also answers a ``RecursionError`` (json.loads of deeply nested JSON, which Seldon's
+    catch-all turns into a 500) with a 400."""
     app.wsgi_app = Guard(app, limits or GuardLimits.from_settings())
+    app.register_error_handler(RecursionError, _too_deep)
     return app
 
 

@@ -158,9 +158,16 @@ def _multipart(field_name: str, filename: str, data: bytes) -> tuple[bytes, str]
     return buf.getvalue(), f"multipart/form-data; boundary={boundary}"
 
 
+def _multipart_field(name: str, value: str) -> tuple[bytes, str]:
+    boundary = "mnistkitboundary"
+    body = f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n--{boundary}--\r\n'
+    return body.encode(), f"multipart/form-data; boundary={boundary}"
+
+
 def _cases() -> dict[str, Request]:
     big = b'{"data": {"ndarray": [' + b",".join([b"[" + b"0," * 783 + b"0]"] * 2800) + b"]}}"  # ~4.4 MB
     form, form_type = _multipart("binData", "x.bin", b"\x00\x01 not an image")
+    deep_form, deep_form_type = _multipart_field("data", "[" * 5000 + "]" * 5000)
     return {
         "malformed JSON": Request(400, b'{"data": {"ndarray": [[0, 0'),
         "deep nesting 100k [": Request(400, b"[" * 100_000 + b"]" * 100_000),
@@ -206,6 +213,8 @@ def _cases() -> dict[str, Request]:
         "top-level array": Request(400, _j([1, 2, 3])),
         "invalid UTF-8": Request(400, b'{"strData": "\xff\xfe\xfd"}'),
         "multipart with a non-image": Request(400, form, content_type=form_type),
+        "deep nesting in a multipart field": Request(400, deep_form, content_type=deep_form_type),
+        "deep nesting in ?json=": Request(400, method="GET", path="/predict?json=" + "%5B" * 1300, content_type=None),
         "broken chunked framing": Request(400, chunked=True, raw_body=b"zz\r\nnot hex\r\n0\r\n\r\n"),
         "unknown route": Request(404, method="GET", path="/v2/models/mnist/infer"),
         "POST to an unknown route": Request(404, _j({}), path="/v2/models/mnist/infer"),
@@ -225,6 +234,12 @@ def _good() -> dict[str, Request]:
 
     one = {"data": {"names": [], "tensor": {"shape": [784], "values": [0] * 784}}}
     form, form_type = _multipart("binData", "digit.png", _real_png())
+    # JSON-looking bytes inside a file upload are not JSON: a comment chunk full of brackets
+    png = _real_png()
+    text = b"Comment\0" + b"[{" * 200
+    bracketed = png[:-12] + struct.pack(">I", len(text)) + b"tEXt" + text
+    bracketed += struct.pack(">I", zlib.crc32(b"tEXt" + text)) + png[-12:]
+    noisy, noisy_type = _multipart("binData", "digit.png", bracketed)
     # the largest batch, as floats written the long way: it must fit the default body limit
     widest = _j({"data": {"ndarray": [[254.99999999999997] * 784] * 256}})
     return {
@@ -233,6 +248,7 @@ def _good() -> dict[str, Request]:
         "the largest batch, chunked": Request(200, widest, chunked=True),
         "a PNG as binData": Request(200, _b64(_real_png())),
         "a PNG as a multipart upload": Request(200, form, content_type=form_type),
+        "a PNG full of brackets as a multipart upload": Request(200, noisy, content_type=noisy_type),
         "form-encoded json=": Request(
             200, b"json=" + quote(json.dumps(one)).encode(), content_type="application/x-www-form-urlencoded"
         ),
