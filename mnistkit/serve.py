@@ -36,7 +36,7 @@ from typing import Any
 
 from gunicorn.workers.sync import SyncWorker
 
-__all__ = ["Guard", "GuardLimits", "json_depth", "main"]
+__all__ = ["DrainingSyncWorker", "Guard", "GuardLimits", "guard_app", "install", "json_depth", "main"]
 
 log = logging.getLogger(__name__)
 
