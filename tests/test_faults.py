@@ -63,6 +63,47 @@ def test_hostile_classes_against_the_image(served_once):
     assert "Traceback" not in container.logs().decode(errors="replace")
 
 
+def _container_rss(container) -> int:
+    container.reload()
+    top = psutil.Process(container.attrs["State"]["Pid"])
+    total = 0
+    for p in [top, *top.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def test_memory_stays_bounded_while_large_bodies_are_sent(served_once):
+    """Summed RSS of the image's processes while bodies over the limit (also chunked, 47 MB)
+    and the largest accepted batch are sent again and again; health holds throughout."""
+    container, url = served_once
+    large = {**CASES, **GOOD}
+    names = ["body over the limit", "body over the limit, chunked", "47 MB body", "the largest batch, long floats"]
+    baseline = _container_rss(container)
+    peak, stop = [baseline], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak.append(_container_rss(container))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        for _ in range(3):
+            for name in names:
+                assert send("127.0.0.1", _port(url), large[name]).status == large[name].status, name
+                assert send("127.0.0.1", _port(url), GOOD["health ping"]).status == 200
+    finally:
+        stop.set()
+        sampler.join()
+    growth = (max(peak) - baseline) / 2**20
+    print(f"image: RSS {baseline / 2**20:.0f} MB at rest, peak {max(peak) / 2**20:.0f} MB while large bodies are sent")
+    assert growth < 300
+
+
 def test_256_connections_get_success_or_503(served, tmp_path):
     container, url = served
     counts = wrk_counts(f"{url}/api/v1.0/predictions", connections=256, seconds=10, folder=tmp_path)
@@ -119,7 +160,9 @@ def _rest_workers(container, port: int) -> list[psutil.Process]:
 def test_kill_9_of_a_worker_under_load_recovers_within_5s(served):
     container, url = served
     port = _port(url)
-    before = _rest_workers(container, port)
+    deadline = time.monotonic() + 30  # /health/ping answers once the first worker is up
+    while len(before := _rest_workers(container, port)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert len(before) == 2, before  # the image's default: 2 workers
     load = LoadLoop(f"{url}/api/v1.0/predictions", threads=8).start()
     time.sleep(2)
