@@ -108,8 +108,7 @@ def torch_image(trained_run, docker_client, tmp_path_factory):
     config = BuildConfig(
         source=str(trained_run.run_dir),
         image="mnistkit/mnist:torch-ci",
-        builder=builder,
-        runtime="torch",
+        builder=builder,  # no --runtime: the builder's kind label says torch
         smoke_test=True,
         work_dir=str(tmp_path_factory.mktemp("work")),
     )
@@ -125,3 +124,14 @@ def test_runtime_torch_builds_todays_image(torch_image, docker_client):
     assert code == 0 and "model.onnx" not in out, out
     manifest = json.loads(_run(docker_client, torch_image.image, ["cat", "/microservice/model/manifest.json"])[1])
     assert "onnx" not in manifest
+
+
+def test_a_runtime_the_builder_does_not_serve_is_refused(trained_run, docker_client, builder_image, tmp_path):
+    from mnistkit.build.model_image import BuildConfig, build_model
+    from mnistkit.errors import ConfigError
+
+    config = BuildConfig(
+        source=str(trained_run.run_dir), builder=builder_image, runtime="torch", work_dir=str(tmp_path)
+    )
+    with pytest.raises(ConfigError, match="serves onnx; use --runtime onnx"):
+        build_model(config, docker_client)

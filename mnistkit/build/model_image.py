@@ -22,10 +22,11 @@ from .s2i import image_labels, make_source_folder, s2i_binary_build, s2i_build
 from .source import ModelSource, resolve_source
 from .verify import smoke_test
 
-__all__ = ["BuildConfig", "BuildSummary", "RUNTIMES", "build_model", "default_image_name"]
+__all__ = ["BuildConfig", "BuildSummary", "RUNTIMES", "DEFAULT_RUNTIME", "build_model", "default_image_name"]
 
 #: What an image serves with; each has its builder kind ``seldon-<runtime>``.
 RUNTIMES = ("onnx", "torch")
+DEFAULT_RUNTIME = "onnx"
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +45,16 @@ class BuildConfig:
     password: str | None = field(default=None, repr=False)
     work_dir: str | None = None  # where the source folder and wheel cache go
     reuse: bool = False  # keep an existing image of the same model and builder instead of rebuilding
-    runtime: str = "onnx"  # onnx: model.onnx exported here, served by ONNX Runtime, no torch; torch: today's image
+    # onnx: model.onnx exported here, served by ONNX Runtime, no torch; torch: today's image.
+    # None: what the builder serves (its io.mnistkit.builder.kind label), else onnx
+    runtime: str | None = None
 
     def validate(self) -> "BuildConfig":
         if self.image is not None:
             ref = ImageRef.parse(self.image)
             if ref.digest:
                 raise ConfigError(f"--image {self.image!r} names a digest; give a tag to build (NAME:TAG)")
-        if self.runtime not in RUNTIMES:
+        if self.runtime is not None and self.runtime not in RUNTIMES:
             raise ConfigError(f"--runtime {self.runtime!r}: use one of {', '.join(RUNTIMES)}")
         if self.password is not None and not self.username:
             raise ConfigError("a password was given without --username")
@@ -93,7 +96,7 @@ def build_model(config: BuildConfig, client: Any = None, *, cache_dir: Path | No
         folder = make_source_folder(
             source, config.source_only, model_name=config.model_name, wheel_cache=work / "wheels"
         )
-        _add_runtime(config, folder)
+        _add_runtime(replace(config, runtime=config.runtime or DEFAULT_RUNTIME), folder)
         log.info("wrote the s2i source folder %s", folder)
         return BuildSummary(image=image, source=str(folder), artifact_sha256=source.sha256)
     credentials: Credentials | None = None
@@ -105,11 +108,13 @@ def build_model(config: BuildConfig, client: Any = None, *, cache_dir: Path | No
         from ..local.dockerd import mnistkit_home
         from .builder_image import ensure_image
 
-        config = replace(
-            config, builder=ensure_image(client, f"seldon-{config.runtime}", cache_dir=cache_dir or mnistkit_home())
-        )
+        runtime = config.runtime or DEFAULT_RUNTIME
+        builder = ensure_image(client, f"seldon-{runtime}", cache_dir=cache_dir or mnistkit_home())
+        config = replace(config, builder=builder, runtime=runtime)
     assert config.builder is not None
     _have_builder(client, config)
+    config = replace(config, runtime=_builder_runtime(client, config))
+    assert config.builder is not None
     built = _reusable(client, image, source.sha256, config.builder) if config.reuse else None
     if built is not None:
         log.info("reusing %s: same model, same mnistkit, same builder", image)
@@ -150,6 +155,7 @@ def _add_runtime(config: BuildConfig, folder: Path) -> dict[str, str]:
 
     onnx: export ``model.onnx`` into the folder's copy of the model, parity-checked on all
     10,000 MNIST test images (``mnistkit.export``); the build fails when parity does not hold."""
+    assert config.runtime is not None
     labels = {"io.mnistkit.runtime": config.runtime}
     if config.runtime == "onnx":
         from ..export import attach_onnx
@@ -166,6 +172,25 @@ def _add_runtime(config: BuildConfig, folder: Path) -> dict[str, str]:
             }
         )
     return labels
+
+
+def _builder_runtime(client: Any, config: BuildConfig) -> str:
+    """The runtime to build for: the one asked for, checked against what the builder serves
+    (mnistkit's builders say it in their ``io.mnistkit.builder.kind`` label), else the builder's."""
+    import docker
+
+    assert config.builder is not None
+    try:
+        kind = str((client.images.get(config.builder).labels or {}).get("io.mnistkit.builder.kind", ""))
+    except docker.errors.ImageNotFound:
+        kind = ""  # the build says what to do
+    serves = kind.removeprefix("seldon-") if kind.startswith("seldon-") else None
+    if config.runtime and serves and config.runtime != serves:
+        raise ConfigError(
+            f"--runtime {config.runtime}: the builder {config.builder} serves {serves}; "
+            f"use --runtime {serves} or a seldon-{config.runtime} builder"
+        )
+    return config.runtime or serves or DEFAULT_RUNTIME
 
 
 def _have_builder(client: Any, config: BuildConfig) -> None:

@@ -62,10 +62,8 @@ def _engine(docker_host: str | None, wait: float = 0) -> tuple[Any, Any]:
 @click.option(
     "--runtime",
     type=click.Choice(["onnx", "torch"]),
-    default="onnx",
-    show_default=True,
     help="onnx: export model.onnx (parity-checked on MNIST's test set) and serve it with ONNX Runtime, no torch "
-    "in the image; torch: serve the safetensors weights with torch.",
+    "in the image; torch: serve the safetensors weights with torch. Default: what --builder serves, else onnx.",
 )
 @click.option("--push", is_flag=True, help="Push the image to its registry.")
 @click.option(
