@@ -24,7 +24,7 @@ from ..errors import PushError
 from ..imageref import ImageRef
 from ..settings import settings
 
-__all__ = ["Credentials", "PushResult", "find_credentials", "push", "pull"]
+__all__ = ["Credentials", "PushResult", "find_credentials", "push", "pull", "publish"]
 
 log = logging.getLogger(__name__)
 
@@ -178,3 +178,16 @@ def pull(client: Any, image: ImageRef, credentials: Credentials | None) -> str:
     except docker.errors.DockerException as e:
         raise PushError(f"cannot pull {image}: {type(e).__name__}; is the docker engine running?") from None
     return str(img.id)
+
+
+def publish(client: Any, local: str, registry: str, credentials: Credentials | None) -> PushResult:
+    """Tag the local image ``local`` (``name:tag``) as the same name at ``registry`` and push it."""
+    import docker
+
+    src = ImageRef.parse(local)
+    target = ImageRef(registry, src.path, src.tag_or_latest)
+    try:
+        client.images.get(local).tag(target.repository, target.tag_or_latest)
+    except docker.errors.ImageNotFound:
+        raise PushError(f"image {local} not found; build it first") from None
+    return push(client, target, credentials)

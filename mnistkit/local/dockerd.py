@@ -37,6 +37,7 @@ class LocalDocker:
     """A dockerd whose data, exec root, pidfile and socket all live under ``root``."""
 
     root: Path
+    extra_args: tuple[str, ...] = ()  # more dockerd flags (e.g. --add-runtime)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -86,6 +87,7 @@ class LocalDocker:
                 "--iptables=false",
                 "--ip6tables=false",
                 "--bridge=none",
+                *self.extra_args,
             ],
             self.root / "dockerd.log",
         )

@@ -186,6 +186,7 @@ def argo_workflow(cfg: ManifestConfig) -> dict[str, Any]:
             "volumes": [
                 {"name": "outputs", "persistentVolumeClaim": {"claimName": cfg.claims["outputs"], "readOnly": True}},
                 {"name": "build", "persistentVolumeClaim": {"claimName": cfg.claims["build"]}},
+                {"name": "docker-data", "emptyDir": {}},
                 {
                     "name": "docker-config",
                     "secret": {
@@ -202,8 +203,13 @@ def argo_workflow(cfg: ManifestConfig) -> dict[str, Any]:
                         {
                             "name": "dind",
                             "image": cfg.dind_image,
-                            "args": ["--host=tcp://127.0.0.1:2375", "--tls=false"],
+                            # "dockerd" first: the image's entrypoint then adds no listener of its own
+                            # (with a flag first it would also listen on 0.0.0.0:2375, the pod's IP)
+                            "args": ["dockerd", "--host=tcp://127.0.0.1:2375", "--tls=false"],
                             "env": [{"name": "DOCKER_TLS_CERTDIR", "value": ""}],
+                            # the engine's storage: a volume, so its overlay2 driver works (k8s
+                            # ignores the image's VOLUME; on the container's own layer it falls back to vfs)
+                            "volumeMounts": [{"name": "docker-data", "mountPath": "/var/lib/docker"}],
                             # a nested dockerd needs an unconfined sandbox; it is the pod's own daemon,
                             # not the node's (a sandboxing runtime such as sysbox can drop this flag)
                             "securityContext": {"privileged": True},
