@@ -12,6 +12,7 @@ Then, for each resource, a mutation that breaks it for a cluster must break the 
 from __future__ import annotations
 
 import base64
+import copy
 import json
 from importlib.resources import files
 
@@ -134,18 +135,25 @@ def _first_trial(cluster_files):
     return plan_trials(cluster_files["spec"])[0]
 
 
-@pytest.fixture(scope="module")
-def trial(node, claims, cluster_files):
-    doc = cluster_files["docs"]["polyaxonfile"][0]
-    params = _first_trial(cluster_files)
+def rehearse_trial(node, claims, doc, params):
+    """One trial of ``doc``; fails unless it leaves a verified run, trained with every input it was given."""
     code, logs, run_uuid = run_polyaxon_trial(node, doc, params)
     assert code == 0, logs[-2000:]
     run_dir = node.read(claims["outputs"], f"{doc['name']}/{run_uuid}")
+    load_model(run_dir)  # verified: checksums, no pickle
+    config = json.loads((run_dir / "config.json").read_text())["config"]
+    ignored = {k: v for k, v in params.items() if config.get(k) != v}
+    assert not ignored, f"the trial ignored its inputs {ignored}"
     return {"params": params, "uuid": run_uuid, "run_dir": run_dir, "source": f"/outputs/{doc['name']}/{run_uuid}"}
 
 
+@pytest.fixture(scope="module")
+def trial(node, claims, cluster_files):
+    return rehearse_trial(node, claims, cluster_files["docs"]["polyaxonfile"][0], _first_trial(cluster_files))
+
+
 def test_a_polyaxon_trial_trains_in_the_training_image_onto_the_outputs_claim(trial):
-    model = load_model(trial["run_dir"])  # verified: checksums, no pickle
+    model = load_model(trial["run_dir"])
     config = json.loads((trial["run_dir"] / "config.json").read_text())["config"]
     assert config["lr"] == trial["params"]["lr"] and config["epochs"] == 2 and config["data_dir"] == "/data"
     assert model.manifest["metrics"]["test_accuracy"] > 0.9
@@ -156,10 +164,12 @@ def workflow(node, trial, cluster_files, registry):
     wf = cluster_files["docs"]["argo-workflow"][0]
     run = run_workflow(node, wf, {"source": trial["source"], "tag": "rehearsal"})
     assert run.code == 0, run.logs[-3000:] + run.sidecar_logs[-2000:]
-    return json.loads(run.logs[run.logs.index("{") :])
+    summary, _ = json.JSONDecoder().raw_decode(run.logs[run.logs.index("{") :])  # the tool's --json summary
+    return {**summary, "sidecar_logs": run.sidecar_logs}
 
 
 def test_the_argo_workflow_builds_in_its_sidecar_and_pushes_with_the_secret(workflow, registry, trial):
+    assert "graphdriver(s)=overlay2" in workflow["sidecar_logs"]  # its engine keeps images on the emptyDir
     assert workflow["reference"].startswith(f"{registry.address}/mnistkit/mnist@sha256:")
     assert workflow["labels"]["io.mnistkit.run.id"] == trial["uuid"]
 
@@ -186,3 +196,87 @@ def test_the_seldon_deployment_serves_the_pushed_digest_behind_the_ambassador_pa
     finally:
         gateway.stop()
         seldon.pod.delete(grace=seldon.grace)
+
+
+# -- mutations: a change that breaks a resource for a cluster breaks its rehearsal -------------------
+
+
+def _polyaxon(cluster_files, mutate):
+    doc = copy.deepcopy(cluster_files["docs"]["polyaxonfile"][0])
+    mutate(doc["component"]["run"])
+    return doc
+
+
+def _mount_data_elsewhere(run):
+    run["container"]["volumeMounts"][0]["mountPath"] = "/mnt/data"  # the trainer reads --data-dir=/data
+
+
+def _drop_the_lr_input(run):
+    run["container"]["args"] = [a for a in run["container"]["args"] if not a.startswith("--lr=")]
+
+
+def _rename_the_claim(run):
+    run["volumes"][0]["persistentVolumeClaim"]["claimName"] = "mnist-dataa"
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (_mount_data_elsewhere, "MNIST files not found"),
+        (_drop_the_lr_input, "the trial ignored its inputs"),
+        (_rename_the_claim, "would stay Pending"),
+    ],
+    ids=[
+        "pvc: data mounted where the trainer does not read",
+        "polyaxonfile: an input the container ignores",
+        "pvc: a claim the cluster does not have",
+    ],
+)
+def test_a_broken_polyaxonfile_or_claim_fails_its_rehearsal(node, claims, cluster_files, mutate, expected):
+    with pytest.raises(AssertionError, match=expected):
+        rehearse_trial(node, claims, _polyaxon(cluster_files, mutate), _first_trial(cluster_files))
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ({"builder": "{registry}/mnistkit/builder:no-such-tag"}, "is not in the registry"),
+        ({"source": "/outputs/no-such-run"}, "no model at /outputs/no-such-run"),
+    ],
+    ids=["argo: a builder image that does not exist", "argo: a source the outputs claim does not hold"],
+)
+def test_a_broken_workflow_fails_its_rehearsal(node, trial, cluster_files, registry, override, expected):
+    wf = cluster_files["docs"]["argo-workflow"][0]
+    params = {
+        "source": trial["source"],
+        "tag": "broken",
+        **{k: v.format(registry=registry.address) for k, v in override.items()},
+    }
+    run = run_workflow(node, wf, params)
+    assert run.code != 0 and expected in run.logs, run.logs[-2000:]
+
+
+def test_a_workflow_without_docker_storage_on_a_volume_is_caught(node, trial, cluster_files):
+    """Kubernetes ignores an image's VOLUME: without the emptyDir the sidecar's engine falls back to vfs."""
+    wf = copy.deepcopy(cluster_files["docs"]["argo-workflow"][0])
+    sidecar = wf["spec"]["templates"][0]["sidecars"][0]
+    sidecar.pop("volumeMounts")
+    wf["spec"]["templates"][0]["container"].update(command=["sleep", "15"], args=[])  # start the pod, build nothing
+    run = run_workflow(node, wf, {"source": trial["source"]})
+    assert "graphdriver(s)=vfs" in run.sidecar_logs, run.sidecar_logs[-2000:]
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda c: c.update(image=c["image"].split("@")[0] + "@sha256:" + "0" * 64), "not found"),
+        (lambda c: c.update(name="model"), "no container is named like the graph node"),
+    ],
+    ids=["seldon: an image digest the registry does not hold", "seldon: a container the graph does not name"],
+)
+def test_a_broken_seldon_deployment_fails_its_rehearsal(node, workflow, trial, tmp_path, mutate, expected):
+    manifests_for(trial["run_dir"], tmp_path, image=workflow["reference"])
+    sdep = yaml.safe_load((tmp_path / "seldondeployment.yaml").read_text())
+    mutate(sdep["spec"]["predictors"][0]["componentSpecs"][0]["spec"]["containers"][0])
+    with pytest.raises(Exception, match=expected):
+        start_seldon(node, sdep, timeout=30)

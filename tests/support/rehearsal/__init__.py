@@ -398,7 +398,7 @@ def run_workflow(node: Node, wf: dict[str, Any], overrides: dict[str, str], time
         main = pod.start({"name": "main", **template["container"]})
         code = main.wait(timeout=timeout)["StatusCode"]
         logs = main.logs().decode(errors="replace")
-        side = "".join(s.logs(tail=20).decode(errors="replace") for s in sidecars)
+        side = "".join(s.logs().decode(errors="replace") for s in sidecars)
         bridge.close()
         return WorkflowRun(code, logs, side)
     finally:
