@@ -13,11 +13,13 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import MnistkitError
 
-__all__ = ["os_reason", "write_atomic", "write_failed"]
+__all__ = ["disk_errors", "os_reason", "write_atomic", "write_failed"]
 
 _HINTS = {
     errno.ENOSPC: "the disk is full: free some space or choose another folder",
@@ -33,7 +35,18 @@ def os_reason(e: OSError) -> str:
     hint = _HINTS.get(e.errno or 0)
     if hint:
         return hint
-    return (e.strerror or type(e).__name__).splitlines()[0]
+    text = e.strerror or str(e).strip() or type(e).__name__
+    return text.splitlines()[0][:300]
+
+
+@contextmanager
+def disk_errors(error: type[MnistkitError], what: str) -> Iterator[None]:
+    """An ``OSError`` inside the block as one ``error``: ``<what> (<file>): <reason>``."""
+    try:
+        yield
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise error(f"{what}{where}: {os_reason(e)}") from None
 
 
 def write_failed(e: OSError, path: str | os.PathLike[str], error: type[MnistkitError]) -> MnistkitError:

@@ -242,23 +242,20 @@ def builder_cmd(
     The image is tagged by a digest of what goes into it, so it is rebuilt exactly when its
     inputs change."""
     setup_logging(verbose, quiet)
-    from ..build.builder_image import KINDS, build_kind, ensure_image
+    from ..build.builder_image import provide_image
     from ..imageref import ImageRef
     from ..local.dockerd import mnistkit_home
 
-    kind = KINDS["tool" if tool else "train" if train else kind_name]
-    extra = ImageRef.parse(tag) if tag else None
+    kind = "tool" if tool else "train" if train else kind_name
+    extra = ImageRef.parse(tag) if tag else None  # a bad --tag fails before the engine starts
+    home = mnistkit_home()
     client, embedded = _engine(docker_host)
     try:
-        home = mnistkit_home()
-        built = build_kind(client, kind, cache_dir=home) if rebuild else ensure_image(client, kind, cache_dir=home)
-        img = client.images.get(built)
-        if extra is not None:
-            img.tag(extra.repository, extra.tag_or_latest)
+        built, size = provide_image(client, kind, cache_dir=home, rebuild=rebuild, also_tag=tag)
     finally:
         if embedded:
             embedded.stop()
-    click.echo(f"{built} ({img.attrs.get('Size', 0) / 1e6:.0f} MB)" + (f" tagged {extra}" if extra else ""))
+    click.echo(f"{built} ({size / 1e6:.0f} MB)" + (f" tagged {extra}" if extra else ""))
 
 
 if __name__ == "__main__":
