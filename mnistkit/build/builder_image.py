@@ -147,7 +147,7 @@ def _image_exists(client: Any, name: str) -> bool:
         return False
 
 
-def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
+def _run(cmd: list[str], what: str, env: dict[str, str] | None = None, hint: str = "") -> None:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, errors="replace")
     except OSError as e:
@@ -156,7 +156,8 @@ def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
         lines = [
             x for x in (proc.stdout + proc.stderr).splitlines() if x.strip() and not x.startswith("WARNING: Location")
         ]
-        raise PackagingError(f"{what} failed: {' | '.join(lines[-3:]) or f'exit code {proc.returncode}'}")
+        detail = " | ".join(lines[-3:])[-600:] or f"exit code {proc.returncode}"
+        raise PackagingError(f"{what} failed: {detail}" + (f"; {hint}" if hint else ""))
 
 
 def make_base_image(client: Any, name: str = BASE_IMAGE, *, workdir: Path | None = None) -> str:
@@ -171,6 +172,7 @@ def make_base_image(client: Any, name: str = BASE_IMAGE, *, workdir: Path | None
         _run(
             [debootstrap, "--variant=minbase", "--include=python3,python3-venv", "bookworm", str(root), mirror],
             "debootstrap",
+            hint=f"check that {mirror} answers and that {workdir or tempfile.gettempdir()} has ~400 MB free",
         )
         for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/info"):
             shutil.rmtree(root / junk, ignore_errors=True)
@@ -247,6 +249,7 @@ def make_wheelhouse(kind: ImageKind, cache_dir: Path) -> Path:
             ],
             f"preparing the wheelhouse for {kind.name}",
             env,
+            hint="check that pip's package index answers (pip config list) and that there is space in MNISTKIT_HOME",
         )
         (dest / ".complete").write_text(key)
     for old in dest.glob("mnistkit-*.whl"):

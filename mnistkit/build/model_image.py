@@ -85,7 +85,9 @@ def build_model(config: BuildConfig, client: Any = None, *, cache_dir: Path | No
     source = resolve_source(config.source)
     image = config.image or default_image_name(source)
     # an engine that goes away, or a full disk, is one PackagingError, never a traceback
-    with disk_errors(PackagingError, f"building {image}"), engine_errors(f"building {image}"):
+    where = config.source_only or config.work_dir or tempfile.gettempdir()
+    what = f"writing the s2i source folder {where}" if config.source_only else f"building {image} (in {where})"
+    with disk_errors(PackagingError, what), engine_errors(what):
         return _build_model(config, client, cache_dir, source, image)
 
 

@@ -168,7 +168,9 @@ class _Progress:
 def _explain(message: str, registry: str, had_credentials: bool = True) -> str:
     m = message.strip().splitlines()[0] if message.strip() else "unknown error"
     low = m.lower()
-    if ("unauthorized" in low or "authentication required" in low or "401" in low) and not had_credentials:
+    if "no basic auth credentials" in low or (
+        ("unauthorized" in low or "authentication required" in low or "401" in low) and not had_credentials
+    ):
         return (
             f"the registry {registry} wants credentials and none were found for it ({m}); use --username with "
             "--password-stdin, MNISTKIT_REGISTRY_USERNAME/PASSWORD, or an entry in the docker config file"
@@ -177,7 +179,7 @@ def _explain(message: str, registry: str, had_credentials: bool = True) -> str:
         return f"the registry {registry} refused the credentials ({m}); check the username and password"
     if "connection refused" in low or "no such host" in low or "dial tcp" in low or "timeout" in low:
         return f"cannot reach the registry {registry} ({m}); is it running and is the address right?"
-    return f"push to {registry} failed: {m}"
+    return f"push to {registry} failed: {m}; is {registry} a docker registry, and is the image name right?"
 
 
 def pull(client: Any, image: ImageRef, credentials: Credentials | None) -> str:

@@ -21,7 +21,7 @@ from ..files import os_reason
 from ..settings import settings
 from ._proc import find_exe, spawn, stop_group, wait_until
 
-__all__ = ["LocalDocker", "connect_docker", "mnistkit_home", "engine_failure", "engine_errors"]
+__all__ = ["LocalDocker", "connect_docker", "docker_client", "mnistkit_home", "engine_failure", "engine_errors"]
 
 
 def engine_failure(e: BaseException) -> str | None:
@@ -85,15 +85,15 @@ class LocalDocker:
         return f"unix://{self.socket}"
 
     def client(self, timeout: int = 600) -> Any:
-        import docker
 
-        return docker.DockerClient(base_url=self.host, timeout=timeout)
+        return docker_client(self.host, timeout)
 
     def _answers(self) -> bool:
         if not self.socket.exists():
             return False
+        client = self.client(timeout=5)  # a docker config the SDK cannot read fails here, at once
         try:
-            return bool(self.client(timeout=5).ping())
+            return bool(client.ping())
         except Exception:  # docker raises several types for a dead socket
             return False
 
@@ -146,10 +146,20 @@ class LocalDocker:
             self.proc = None
 
 
-def _ping(base_url: str) -> Any:
+def docker_client(base_url: str, timeout: int = 600) -> Any:
+    """A docker SDK client for ``base_url``. The SDK reads the docker config file as it starts
+    and fails on an entry that is not base64: that is one error here, naming the file."""
     import docker
 
-    client = docker.DockerClient(base_url=base_url, timeout=600)
+    try:
+        return docker.DockerClient(base_url=base_url, timeout=timeout)
+    except ValueError as e:  # binascii.Error from the SDK's own reading of config.json
+        config = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
+        raise PackagingError(f"{config} has an auth entry the docker SDK cannot read ({e}); fix or remove it") from None
+
+
+def _ping(base_url: str) -> Any:
+    client = docker_client(base_url)
     client.ping()
     return client
 
