@@ -164,11 +164,11 @@ def _commit(out: Path, weights: str, blob: bytes, manifest: bytes) -> None:
         if created:
             (out / weights).unlink(missing_ok=True)
         raise
-    for stale in out.iterdir():
-        if stale.name not in (weights, MANIFEST) and (
-            stale.name.startswith(("weights-", f".{MANIFEST}.", ".weights-")) and stale.is_file()
-        ):
-            stale.unlink(missing_ok=True)
+    for stale in out.iterdir():  # earlier weights, and dot-files of interrupted writes; nothing else
+        old_weights = stale.name.startswith("weights-") and stale.name.endswith(".safetensors")
+        if stale.name != weights and (old_weights or stale.name.startswith((f".{MANIFEST}.", ".weights-"))):
+            if stale.is_file() and not stale.is_symlink():
+                stale.unlink(missing_ok=True)
 
 
 def _looks_like_pickle(head: bytes) -> bool:

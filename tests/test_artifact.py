@@ -1,11 +1,18 @@
+"""The artifact: round trips, the 2018 import, and a fuzz corpus of hostile model folders."""
+
 import hashlib
 import json
+import os
 import pickle
+import shutil
+import struct
 
 import pytest
 import torch
+from click.testing import CliRunner
 
-from mnistkit.artifact import import_legacy, load_model, read_manifest, save_artifact
+from mnistkit.artifact import import_legacy, load_model, manifest_checksum, read_manifest, save_artifact
+from mnistkit.cli.build import main as build_main
 from mnistkit.errors import ArtifactError
 from mnistkit.network import Network
 
@@ -141,15 +148,6 @@ def test_missing_and_non_model_paths(tmp_path):
 # by read_manifest (no torch), load_model and `mnistkit-build --source-only` with exactly one
 # ArtifactError line. "Re-signed" cases recompute the manifest's sha256s and checksum, as an
 # attacker who edits the folder would, so only the check under test can stop them.
-
-import os  # noqa: E402
-import shutil  # noqa: E402
-import struct  # noqa: E402
-
-from click.testing import CliRunner  # noqa: E402
-
-from mnistkit.artifact import manifest_checksum  # noqa: E402
-from mnistkit.cli.build import main as build_main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
