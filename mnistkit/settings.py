@@ -20,8 +20,8 @@ __all__ = ["Settings", "settings", "ENV_PREFIX"]
 ENV_PREFIX = "MNISTKIT_"
 
 
-def _var(default: Any, doc: str) -> Any:
-    return field(default=default, metadata={"doc": doc})
+def _var(default: Any, doc: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"doc": doc}, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Settings:
         None, "Registry host[:port] the MNISTKIT_REGISTRY_USERNAME/PASSWORD are for (default: any)."
     )
     registry_username: str | None = _var(None, "Registry user for pushes (with MNISTKIT_REGISTRY_PASSWORD).")
-    registry_password: str | None = _var(None, "Registry password for pushes; never logged.")
+    registry_password: str | None = _var(None, "Registry password for pushes; never logged.", secret=True)
     model: str = _var("model", "Served model folder (in an image: /microservice/model).")
     runtime: str = _var("auto", "Serving runtime: auto (ONNX when the model has one), onnx or torch.")
     threads: int = _var(1, "Threads per serving process.")

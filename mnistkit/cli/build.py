@@ -248,28 +248,31 @@ def builder_cmd(
     The image is tagged by a digest of what goes into it, so it is rebuilt exactly when its
     inputs change. With --registry and --push it goes where the cluster files name it."""
     setup_logging(verbose, quiet)
-    from ..build.builder_image import KINDS, build_kind, ensure_image
+    from ..build.builder_image import provide_image
     from ..build.push import find_credentials, publish
     from ..errors import ConfigError
     from ..imageref import ImageRef
-    from ..local.dockerd import mnistkit_home
+    from ..local.dockerd import engine_errors, mnistkit_home
 
     if push and not registry:
         raise ConfigError("--push needs --registry HOST[:PORT]")
-    kind = KINDS["tool" if tool else "train" if train else kind_name]
+    kind = "tool" if tool else "train" if train else kind_name
     password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
+    home = mnistkit_home()
     client, embedded = _engine(docker_host)
     try:
-        home = mnistkit_home()
-        built = build_kind(client, kind, cache_dir=home) if rebuild else ensure_image(client, kind, cache_dir=home)
-        size = client.images.get(built).attrs.get("Size", 0)
+        built, size = provide_image(client, kind, cache_dir=home, rebuild=rebuild)
         where = ""
         if registry:
             target = ImageRef(registry, ImageRef.parse(built).path, ImageRef.parse(built).tag)
-            credentials = find_credentials(target, username, password) if push else None
-            where = f" -> {publish(client, built, registry, credentials).reference}" if push else f" tagged {target}"
-            if not push:
-                client.images.get(built).tag(target.repository, target.tag_or_latest)
+            if push:
+                where = (
+                    f" -> {publish(client, built, registry, find_credentials(target, username, password)).reference}"
+                )
+            else:
+                with engine_errors(f"tagging {target}"):
+                    client.images.get(built).tag(target.repository, target.tag_or_latest)
+                where = f" tagged {target}"
     finally:
         if embedded:
             embedded.stop()
