@@ -11,6 +11,7 @@ images go as one batched request. Routes::
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import re
@@ -242,8 +243,9 @@ def post_json(
             if e.code == 503 and attempt < retries:
                 reason = f"503 ({text})"
             else:
-                raise QueryError(f"{url} answered {e.code}: {text}") from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+                hint = "; is it a Seldon endpoint, and is --route right?" if e.code in (404, 405, 501) else ""
+                raise QueryError(f"{url} answered {e.code}: {text}{hint}") from None
+        except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException) as e:
             reason = str(getattr(e, "reason", e))
             if attempt >= retries:
                 raise QueryError(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
+from .files import write_atomic
 
 __all__ = ["TrainConfig", "Option", "OPTIONS", "flag", "OPTIMIZERS", "SCHEDULERS", "PRECISIONS", "RECIPES", "PLACEMENT"]
 
@@ -122,9 +123,7 @@ class TrainConfig:
         return cls.from_json(data)
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        tmp = Path(f"{path}.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n", error=ConfigError)
 
     def to_args(self, names: Sequence[str] | None = None) -> list[str]:
         """Command-line flags for ``names`` (default: every field that differs from its default)."""

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MnistkitError, PipelineError
+from .files import os_reason
 
 __all__ = ["PipelineConfig", "PipelineResult", "run", "summary_lines"]
 
@@ -84,10 +85,13 @@ class _Step:
             return
         if isinstance(exc, MnistkitError):
             raise PipelineError(self.name, str(exc)) from None
-        import docker
+        from .local.dockerd import engine_failure
 
-        if isinstance(exc, docker.errors.DockerException):
-            raise PipelineError(self.name, f"docker: {exc}") from None
+        reason = engine_failure(exc)  # before OSError: requests' errors are OSErrors too
+        if reason is None and isinstance(exc, OSError):
+            reason = f"{exc.filename + ': ' if exc.filename else ''}{os_reason(exc)}"
+        if reason is not None:
+            raise PipelineError(self.name, reason) from None
 
 
 def _password(home: Path) -> str:

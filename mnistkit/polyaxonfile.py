@@ -30,6 +30,7 @@ import numpy as np
 import yaml
 
 from .errors import SearchError
+from .files import disk_errors
 
 __all__ = [
     "Distribution",
@@ -556,8 +557,9 @@ def write_v1(
         doc["matrix"] = _v1_matrix(spec)
     doc["component"] = {"version": 1.1, "kind": "component", "name": "mnistkit-train", "inputs": inputs, "run": job}
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    with disk_errors(SearchError, f"cannot write {out}"):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(yaml.safe_dump(doc, sort_keys=False))
     return out
 
 

@@ -20,6 +20,8 @@ is identical; anything else is trained again.
 from __future__ import annotations
 
 import csv
+import ctypes
+import io
 import itertools
 import json
 import logging
@@ -39,6 +41,7 @@ import numpy as np
 
 from .config import OPTIONS, PLACEMENT, TrainConfig
 from .errors import ConfigError, SearchError
+from .files import os_reason, write_atomic
 from .polyaxonfile import Distribution, EarlyStopping, SearchSpec, render, without_output_flags
 
 __all__ = [
@@ -164,9 +167,7 @@ def trial_configs(spec: SearchSpec, config: SearchConfig, threads: int = 1) -> l
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=2, default=str) + "\n", error=SearchError)
 
 
 def _write_tables(group_dir: Path, trials: list[Trial], metric: str) -> None:
@@ -192,7 +193,7 @@ def _write_tables(group_dir: Path, trials: list[Trial], metric: str) -> None:
     ]
     _write_json(group_dir / "trials.json", rows)
     keys = sorted({k for t in trials for k in t.params})
-    with open(group_dir / ".trials.csv.tmp", "w", newline="") as f:
+    with io.StringIO(newline="") as f:
         w = csv.writer(f)
         w.writerow(["trial", "status", *keys, "test_accuracy", "test_loss", "best_epoch", "seconds", "error"])
         for r, t in zip(rows, trials, strict=False):
@@ -208,18 +209,32 @@ def _write_tables(group_dir: Path, trials: list[Trial], metric: str) -> None:
                     t.error or "",
                 ]
             )
-    os.replace(group_dir / ".trials.csv.tmp", group_dir / "trials.csv")
+        write_atomic(group_dir / "trials.csv", f.getvalue(), error=SearchError)
 
 
-def _finished(run_dir: Path, config: TrainConfig) -> dict[str, Any] | None:
-    """The result of a finished run whose recorded configuration is ``config``, else None."""
+def _finished(run_dir: Path, config: TrainConfig) -> tuple[dict[str, Any] | None, str]:
+    """(result, "") of a finished run whose recorded configuration is ``config`` and whose model
+    verifies; else (None, why not: "" when it never finished)."""
+    from .artifact import read_manifest
+    from .errors import ArtifactError
+
     try:
         recorded = json.loads((run_dir / "config.json").read_text())["config"]
         result = json.loads((run_dir / "result.json").read_text())
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        assert isinstance(recorded, dict) and isinstance(result, dict)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        return None, ""
     want = {k: v for k, v in config.to_json().items() if k not in PLACEMENT}  # where it ran changes nothing
-    return result if {k: v for k, v in recorded.items() if k not in PLACEMENT} == want else None
+    changed = sorted(k for k in set(want) | set(recorded) if k not in PLACEMENT and recorded.get(k) != want.get(k))
+    if changed:
+        k = changed[0]
+        return None, f"{k} {recorded.get(k)} -> {want.get(k)}"
+    try:
+        if read_manifest(run_dir / "model")[1] != result.get("artifact_sha256"):
+            return None, "its model is not the one it recorded"
+    except ArtifactError as e:
+        return None, f"its model does not verify ({e})"
+    return result, ""
 
 
 def _absorb(trial: Trial, result: dict[str, Any]) -> None:
@@ -260,31 +275,54 @@ class _Group:
         )
 
     def resume(self) -> None:
+        """Reuse every finished trial whose effective configuration is identical; say how many."""
+        stale: list[str] = []
         for t in self.trials:
-            result = _finished(self.paths(t)[1], t.config)
+            result, why = _finished(self.paths(t)[1], t.config)
             if result is not None:
                 _absorb(t, result)
                 t.reused = True
+            elif why:
+                stale.append(f"{t.name}: {why}")
         reused = sum(t.reused for t in self.trials)
-        if reused:
-            log.info("reusing %d finished trial%s with the same configuration", reused, "" if reused == 1 else "s")
+        if reused or stale:
+            log.info(
+                "reusing %d of %d trials (finished, same configuration)%s",
+                reused,
+                len(self.trials),
+                f"; {len(stale)} finished with another configuration run again ({stale[0]})" if stale else "",
+            )
 
     def launch(self, t: Trial) -> None:
         config_file, run_dir, log_file, error_file = self.paths(t)
-        if run_dir.exists():  # an unfinished (or differently configured) earlier attempt
-            shutil.rmtree(run_dir)
-        error_file.unlink(missing_ok=True)
-        t.config.save(config_file)
-        cmd = [sys.executable, "-m", "mnistkit.train", "--config", str(config_file), "--error-file", str(error_file)]
-        with open(log_file, "wb") as out:
-            self.running[t.index] = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            if run_dir.exists():  # an unfinished (or differently configured) earlier attempt
+                shutil.rmtree(run_dir)
+            error_file.unlink(missing_ok=True)
+            t.config.save(config_file)
+            cmd = [
+                sys.executable,
+                "-m",
+                "mnistkit.train",
+                "--config",
+                str(config_file),
+                "--error-file",
+                str(error_file),
+            ]
+            with open(log_file, "wb") as out:
+                self.running[t.index] = subprocess.Popen(
+                    cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=_die_with(os.getpid())
+                )
+        except (OSError, ConfigError) as e:
+            why = os_reason(e) if isinstance(e, OSError) else str(e)
+            raise SearchError(f"cannot start {t.name} in {self.dir}: {why}") from None
         t.status, t.started = "running", time.time()
         log.debug("%s: %s", t.name, " ".join(t.config.to_args()))
 
     def reap(self, t: Trial, proc: subprocess.Popen[bytes]) -> None:
         _, run_dir, log_file, error_file = self.paths(t)
         t.ended = time.time()
-        result = _finished(run_dir, t.config) if proc.returncode == 0 else None
+        result = _finished(run_dir, t.config)[0] if proc.returncode == 0 else None
         if result is not None:
             _absorb(t, result)
         elif proc.returncode is not None and proc.returncode < 0:
@@ -338,6 +376,9 @@ class _Group:
             self.stop("interrupted")
             self.finish()
             raise
+        except BaseException:
+            self.stop("the group failed")  # no trial outlives the group
+            raise
         self.finish()
 
     def finish(self) -> Trial | None:
@@ -345,6 +386,20 @@ class _Group:
         if self.on_update:
             self.on_update(self.trials)
         return _record_best(self.dir, self.trials, self.config)
+
+
+def _die_with(parent: int) -> Callable[[], None] | None:
+    """Run in a trial process before it starts: on Linux the kernel kills it when the group
+    process dies, even by ``kill -9``, so no orphan keeps writing into the group folder."""
+    if not sys.platform.startswith("linux"):
+        return None
+
+    def setup() -> None:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the group died before prctl took effect
+            os._exit(1)
+
+    return setup
 
 
 def _error_of(error_file: Path, log_file: Path) -> str:
@@ -368,9 +423,7 @@ def _open_group(
         (group_dir / "trials").mkdir(parents=True, exist_ok=True)
         (group_dir / "logs").mkdir(exist_ok=True)
     except OSError as e:
-        raise ConfigError(
-            f"cannot create group folder {group_dir}: {e.strerror}; choose a writable --output-dir"
-        ) from None
+        raise ConfigError(f"cannot create group folder {group_dir}: {os_reason(e)} (--output-dir)") from None
     _write_json(
         group_dir / "group.json",
         {
@@ -415,6 +468,11 @@ def run_group(
         Trial(i, p, replace(c, output_dir=str(group_dir / "trials"), run_name=f"trial-{i:03d}"))
         for i, (p, c) in enumerate(planned)
     ]
+    dropped = sorted(
+        {a.split("=", 1)[0] for a in set(spec.args) - set(without_output_flags(spec.args)) if a[:2] == "--"}
+    )
+    if dropped:  # the 2018 files name Polyaxon's output path; here the group decides
+        log.info("ignoring %s of the polyaxonfile: trials run in %s", ", ".join(dropped), group_dir / "trials")
     group = _Group(group_dir, trials, spec, config, concurrency, on_update)
     if config.resume:
         group.resume()

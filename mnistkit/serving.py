@@ -60,6 +60,10 @@ class MnistModel:
         self.max_image_pixels = env.max_image_pixels
         self.threads = int(threads or env.threads)
         self.runtime = env.runtime
+        self.builder_digest = env.builder_digest or ""
+        from .build.wheel import package_version
+
+        self.code_version = package_version()  # a digest of the files of the mnistkit running here
         self.invert = invert
         # Seldon writes custom metrics to a multiprocessing manager (two IPC round trips per
         # update), so counters are handed over at most once per interval, not per request.
@@ -133,7 +137,8 @@ class MnistModel:
         return {
             "model_sha256": self.artifact_sha256,
             "model_run": str(self.manifest.get("run", {}).get("id", "")),
-            "mnistkit_version": str(self.manifest.get("versions", {}).get("mnistkit", "")),
+            "mnistkit_version": self.code_version,
+            "builder_digest": self.builder_digest,
         }
 
     def metrics(self) -> list[dict[str, Any]]:
@@ -184,7 +189,9 @@ class MnistModel:
                 "params": json.dumps(m.get("train_config", {}), sort_keys=True),
                 "metrics": json.dumps(m.get("metrics", {}), sort_keys=True),
                 "artifact_sha256": self.artifact_sha256,
-                "mnistkit_version": str(m.get("versions", {}).get("mnistkit", "")),
+                "mnistkit_version": self.code_version,  # the code serving now (its own wheel)
+                "builder_digest": self.builder_digest,
+                "trained_with": str(m.get("versions", {}).get("mnistkit", "")),
             },
         }
 

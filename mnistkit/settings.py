@@ -20,8 +20,8 @@ __all__ = ["Settings", "settings", "ENV_PREFIX"]
 ENV_PREFIX = "MNISTKIT_"
 
 
-def _var(default: Any, doc: str) -> Any:
-    return field(default=default, metadata={"doc": doc})
+def _var(default: Any, doc: str, *, secret: bool = False) -> Any:
+    return field(default=default, metadata={"doc": doc}, repr=not secret)
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class Settings:
         None, "Registry host[:port] the MNISTKIT_REGISTRY_USERNAME/PASSWORD are for (default: any)."
     )
     registry_username: str | None = _var(None, "Registry user for pushes (with MNISTKIT_REGISTRY_PASSWORD).")
-    registry_password: str | None = _var(None, "Registry password for pushes; never logged.")
+    registry_password: str | None = _var(None, "Registry password for pushes; never logged.", secret=True)
     model: str = _var("model", "Served model folder (in an image: /microservice/model).")
     runtime: str = _var("auto", "Serving runtime: auto (ONNX when the model has one), onnx or torch.")
     threads: int = _var(1, "Threads per serving process.")
@@ -43,6 +43,7 @@ class Settings:
     max_body: int = _var(4 * 1024 * 1024, "Largest request body in bytes (413 above it).")
     max_image_pixels: int = _var(4096 * 4096, "Largest encoded image (width x height) a server decodes.")
     metrics_interval: float = _var(1.0, "Seconds between hand-overs of the custom metrics to Seldon.")
+    builder_digest: str | None = _var(None, "Set in model images: the digest of the builder image they were built on.")
     image_torch: str = _var("torch==2.13.0+cpu", "torch requirement installed in --runtime torch images.")
 
     @classmethod

@@ -16,7 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from .errors import ConfigError
+from .errors import ConfigError, TrainingError
+from .files import write_failed
 
 __all__ = ["Tracker", "LocalTracker", "PolyaxonTracker", "polyaxon_managed", "open_tracker", "read_metrics"]
 
@@ -41,7 +42,10 @@ class LocalTracker:
 
     def __init__(self, run_dir: Path) -> None:
         self.path = Path(run_dir) / "metrics.jsonl"
-        self._file = open(self.path, "a", encoding="utf-8")
+        try:
+            self._file = open(self.path, "a", encoding="utf-8")
+        except OSError as e:
+            raise write_failed(e, self.path, TrainingError) from None
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         # The parameters live in config.json beside the metrics.
@@ -49,11 +53,17 @@ class LocalTracker:
 
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
         row = {"step": step, **{k: _clean(v) for k, v in metrics.items()}}
-        self._file.write(json.dumps(row, sort_keys=True) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(row, sort_keys=True) + "\n")
+            self._file.flush()
+        except OSError as e:
+            raise write_failed(e, self.path, TrainingError) from None
 
     def close(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError:
+            pass  # only after a failed write, which log_metrics already reported
 
 
 class PolyaxonTracker:
@@ -145,4 +155,10 @@ def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # blank, or the torn last line of a run killed mid-write
+    return rows

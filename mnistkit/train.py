@@ -33,6 +33,7 @@ from .artifact import save_artifact
 from .config import TrainConfig
 from .data import MNISTData, load_mnist, preprocess
 from .errors import ConfigError, MnistkitError, TrainingError
+from .files import write_atomic
 from .network import Network
 from .tracking import Tracker, open_tracker
 
@@ -257,7 +258,7 @@ def _open_run(config: TrainConfig, data: MNISTData) -> _Run:
         "pid": os.getpid(),
         "versions": {"mnistkit": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
-    (run_dir / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    write_atomic(run_dir / "config.json", json.dumps(meta, indent=2, sort_keys=True) + "\n", error=TrainingError)
     tracker, _ = open_tracker(run_dir)
     tracker.log_params(asdict(config))
     n_train = min(config.train_samples or len(data.train_images), len(data.train_images))
@@ -319,7 +320,10 @@ def fit(
         epochs=run.history,
         seconds=time.perf_counter() - started,
     )
-    (run.run_dir / "result.json").write_text(json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n")
+    # written last and atomically: a run folder with a result.json is a finished run
+    write_atomic(
+        run.run_dir / "result.json", json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n", error=TrainingError
+    )
     return result
 
 
@@ -338,7 +342,10 @@ def main(argv: list[str] | None = None) -> int:
         fit(TrainConfig.load(args.config))
     except MnistkitError as e:
         if args.error_file:
-            Path(args.error_file).write_text(json.dumps({"error": str(e), "type": type(e).__name__}) + "\n")
+            try:
+                Path(args.error_file).write_text(json.dumps({"error": str(e), "type": type(e).__name__}) + "\n")
+            except OSError:
+                pass  # a full disk: the search reads the error from the trial's output instead
         print(f"Error: {e}", file=sys.stderr)
         return 1
     return 0

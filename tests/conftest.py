@@ -76,7 +76,7 @@ def builder_image(docker_client):
 def registry(tmp_path_factory):
     from mnistkit.local.registry import LocalRegistry
 
-    reg = LocalRegistry(tmp_path_factory.mktemp("registry"), free_port(), USER, CANARY).start()
+    reg = LocalRegistry(tmp_path_factory.mktemp("registry"), free_port(), USER, CANARY, log_level="info").start()
     yield reg
     reg.stop()
 

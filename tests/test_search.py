@@ -322,3 +322,209 @@ def test_kind_experiment_is_one_training(tmp_path):
     )
     assert len(result.trials) == 1 and result.best.status == "done"
     assert json.loads((tmp_path / "one" / "trials" / "trial-000" / "config.json").read_text())["config"]["lr"] == 0.1
+
+
+# -- faults and resume: kill -9 loses no finished trial; reuse only the identical ---------------
+
+
+def _grid_file(tmp_path, lrs=(0.05, 0.1), extra="", name="grid.yml"):
+    doc = seed_doc()
+    doc["hptuning"] = {"concurrency": 1, "grid_search": None, "matrix": {"lr": {"values": list(lrs)}}}
+    doc["run"]["cmd"] = "python run.py --lr={{ lr }} --momentum=0.5 " + extra
+    f = tmp_path / name
+    f.write_text(yaml.safe_dump(doc))
+    return f
+
+
+def _group_cmd(polyaxonfile, out, name, *extra):
+    return [
+        sys.executable,
+        "-m",
+        "mnistkit.cli.train",
+        "-f",
+        str(polyaxonfile),
+        "--output-dir",
+        str(out),
+        "--group-name",
+        name,
+        "--train-samples",
+        "600",
+        "--test-samples",
+        "500",
+        "--max-epochs",
+        "1",
+        *extra,
+    ]
+
+
+def _children(pid):
+    """Processes whose parent is ``pid`` (read from /proc: no psutil here)."""
+    out = []
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                fields = open(f"/proc/{stat}/stat").read().rpartition(")")[2].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                out.append(int(stat))
+    return out
+
+
+def _alive(pid):
+    try:
+        return open(f"/proc/{pid}/stat").read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_for(predicate, timeout=240):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def _trial_of(pid, name):
+    try:
+        return name in open(f"/proc/{pid}/cmdline").read()
+    except OSError:
+        return False
+
+
+def _rows(group):
+    try:
+        return {r["trial"]: r for r in json.loads((group / "trials.json").read_text())}
+    except (OSError, ValueError):
+        return {}
+
+
+def _running_trial(proc, group, name):
+    """The pid of trial ``name`` once it runs (the trials before it done)."""
+
+    def find():
+        return next((c for c in _children(proc.pid) if _trial_of(c, f"{name}.json")), None)
+
+    return _wait_for(find)
+
+
+def test_kill_9_of_a_running_trial_loses_no_finished_trial(tmp_path):
+    f = _grid_file(tmp_path, lrs=(0.05, 0.1, 0.02))
+    cmd = _group_cmd(f, tmp_path, "k")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    victim = _running_trial(proc, tmp_path / "k", "trial-001")
+    assert _rows(tmp_path / "k")["trial-000"]["status"] == "done"
+    os.kill(victim, signal.SIGKILL)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    rows = _rows(tmp_path / "k")
+    assert [rows[t]["status"] for t in sorted(rows)] == ["done", "failed", "done"]
+    assert rows["trial-001"]["error"] == "killed by signal 9"
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "reusing 2 of 3 trials" in again.stderr and "reused 2 of 3 trials" in again.stdout
+    table = {line.split()[0]: line for line in again.stdout.splitlines() if line.startswith("trial-")}
+    assert "(reused)" in table["trial-000"] and "(reused)" in table["trial-002"]
+    assert "(reused)" not in table["trial-001"] and " done " in table["trial-001"]
+    after = _rows(tmp_path / "k")
+    assert [after[t]["artifact_sha256"] for t in ("trial-000", "trial-002")] == [
+        rows[t]["artifact_sha256"] for t in ("trial-000", "trial-002")
+    ]
+
+
+def test_kill_9_of_the_group_loses_no_finished_trial_and_leaves_no_orphan(tmp_path):
+    f = _grid_file(tmp_path, lrs=(0.05, 0.1, 0.02))
+    cmd = _group_cmd(f, tmp_path, "g")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    trial = _running_trial(proc, tmp_path / "g", "trial-001")
+    proc.kill()  # SIGKILL: no handler, no clean-up in the group process
+    proc.communicate(timeout=60)
+    _wait_for(lambda: not _alive(trial), timeout=2)  # the kernel ended the orphan trial at once
+    assert not (tmp_path / "g" / "trials" / "trial-001" / "result.json").exists()
+    first = _rows(tmp_path / "g")
+    assert first["trial-000"]["status"] == "done"
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert "reusing 1 of 3 trials" in again.stderr and "reused 1 of 3 trials" in again.stdout
+    rows = _rows(tmp_path / "g")
+    assert all(r["status"] == "done" for r in rows.values()) and rows["trial-000"]["reused"]
+    assert rows["trial-000"]["artifact_sha256"] == first["trial-000"]["artifact_sha256"]
+
+
+@pytest.fixture(scope="module")
+def finished_group(tmp_path_factory):
+    out = tmp_path_factory.mktemp("resume")
+    f = _grid_file(out)
+    r = CliRunner(mix_stderr=False).invoke(train_main, _group_cmd(f, out, "base")[3:] + ["-q"])
+    assert r.exit_code == 0, r.stderr
+    return out
+
+
+RESUME_CASES = {
+    "identical": ((), {}, 2, ""),
+    "epochs-cap": (("--max-epochs", "2"), {}, 0, "epochs 1 -> 2"),
+    "train-samples-cap": (("--train-samples", "700"), {}, 0, "train_samples 600 -> 700"),
+    "training-flag": (("--seed", "2"), {}, 0, "seed 1 -> 2"),
+    "file-value": ((), {"lrs": (0.05, 0.2)}, 1, "lr 0.1 -> 0.2"),
+    "file-flag": ((), {"extra": "--weight-decay=0.001"}, 0, "weight_decay 0.0 -> 0.001"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESUME_CASES), ids=sorted(RESUME_CASES))
+def test_resume_reuses_a_trial_only_when_its_configuration_is_identical(case, finished_group, tmp_path):
+    args, file_change, reused, why = RESUME_CASES[case]
+    shutil.copytree(finished_group / "base", tmp_path / "base")
+    f = _grid_file(tmp_path, **file_change)
+    cmd = _group_cmd(f, tmp_path, "base")[3:]
+    for flag, value in zip(args[::2], args[1::2], strict=True):  # the case's flag replaces the default one
+        if flag in cmd:
+            cmd[cmd.index(flag) + 1] = value
+        else:
+            cmd += [flag, value]
+    r = CliRunner(mix_stderr=False).invoke(train_main, cmd)
+    assert r.exit_code == 0, r.stderr
+    assert f"reusing {reused} of 2 trials" in r.stderr and why in r.stderr
+    assert r.stdout.count("(reused)") == reused
+    assert (f"reused {reused} of 2 trials" in r.stdout) == bool(reused)
+    rows = _rows(tmp_path / "base")
+    assert sum(row["reused"] for row in rows.values()) == reused and all(x["status"] == "done" for x in rows.values())
+
+
+@pytest.mark.parametrize(
+    "flag",
+    [
+        "--export=/tmp/mnistkit-export-attempt.yml",
+        "-f /etc/passwd",
+        "--import-legacy=/etc/passwd",
+        "--group-name=x",
+        "--concurrency=8",
+        "--threads=64",
+        "--download",
+        "--json",
+        "--recipe=x",
+    ],
+)
+def test_a_polyaxonfile_command_sets_training_options_only(flag, tmp_path):
+    f = _grid_file(tmp_path, extra=flag)
+    r = CliRunner(mix_stderr=False).invoke(train_main, _group_cmd(f, tmp_path / "out", "x")[3:])
+    assert r.exit_code == 1
+    name = flag.split("=")[0].split()[0]
+    assert (
+        r.stderr.splitlines() == [r.stderr.splitlines()[0]]
+        and f"the training command of trial 0 is not valid: {name} is not a training option" in r.stderr
+    )
+    assert not (tmp_path / "out").exists() and not os.path.exists("/tmp/mnistkit-export-attempt.yml")
+
+
+@pytest.mark.parametrize("flag", ["--output-dir={where}", "--output-dir {where}", "--run-name=../../{name}"])
+def test_output_flags_of_a_polyaxonfile_are_dropped_and_said(flag, tmp_path):
+    where = tmp_path / "elsewhere"
+    f = _grid_file(tmp_path, lrs=(0.1,), extra=flag.format(where=where, name="escaped"))
+    r = CliRunner(mix_stderr=False).invoke(train_main, _group_cmd(f, tmp_path / "out", "x")[3:])
+    assert r.exit_code == 0, r.stderr
+    assert f"ignoring {flag.split('=')[0].split()[0]} of the polyaxonfile" in r.stderr
+    assert (tmp_path / "out" / "x" / "trials" / "trial-000" / "result.json").exists()
+    assert not where.exists() and not list(tmp_path.parent.glob("escaped*"))

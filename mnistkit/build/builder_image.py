@@ -39,7 +39,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PackagingError
+from ..files import disk_errors, os_reason
+from ..imageref import ImageRef
 from ..local._proc import find_exe
+from ..local.dockerd import engine_errors
 from ..settings import settings
 from .wheel import package_digest, package_version, self_wheel
 
@@ -54,6 +57,7 @@ __all__ = [
     "image_tag",
     "build_kind",
     "ensure_image",
+    "provide_image",
     "serve_folder",
 ]
 
@@ -147,13 +151,17 @@ def _image_exists(client: Any, name: str) -> bool:
         return False
 
 
-def _run(cmd: list[str], what: str, env: dict[str, str] | None = None) -> None:
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+def _run(cmd: list[str], what: str, env: dict[str, str] | None = None, hint: str = "") -> None:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, errors="replace")
+    except OSError as e:
+        raise PackagingError(f"{what} could not start ({cmd[0]}): {os_reason(e)}") from None
     if proc.returncode != 0:
         lines = [
             x for x in (proc.stdout + proc.stderr).splitlines() if x.strip() and not x.startswith("WARNING: Location")
         ]
-        raise PackagingError(f"{what} failed: {' | '.join(lines[-3:]) or f'exit code {proc.returncode}'}")
+        detail = " | ".join(lines[-3:])[-600:] or f"exit code {proc.returncode}"
+        raise PackagingError(f"{what} failed: {detail}" + (f"; {hint}" if hint else ""))
 
 
 def make_base_image(client: Any, name: str = BASE_IMAGE, *, workdir: Path | None = None) -> str:
@@ -168,6 +176,7 @@ def make_base_image(client: Any, name: str = BASE_IMAGE, *, workdir: Path | None
         _run(
             [debootstrap, "--variant=minbase", "--include=python3,python3-venv", "bookworm", str(root), mirror],
             "debootstrap",
+            hint=f"check that {mirror} answers and that {workdir or tempfile.gettempdir()} has ~400 MB free",
         )
         for junk in ("var/cache/apt/archives", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/info"):
             shutil.rmtree(root / junk, ignore_errors=True)
@@ -244,6 +253,7 @@ def make_wheelhouse(kind: ImageKind, cache_dir: Path) -> Path:
             ],
             f"preparing the wheelhouse for {kind.name}",
             env,
+            hint="check that pip's package index answers (pip config list) and that there is space in MNISTKIT_HOME",
         )
         (dest / ".complete").write_text(key)
     for old in dest.glob("mnistkit-*.whl"):
@@ -332,6 +342,26 @@ def _follow_build(stream: Any, tag: str) -> None:
             log.debug("%s", text)
             if text.startswith("Step "):
                 log.info("  %s", text)
+
+
+def provide_image(
+    client: Any, kind: ImageKind | str, *, cache_dir: Path, rebuild: bool = False, also_tag: str | None = None
+) -> tuple[str, int]:
+    """The image of ``kind`` (built when missing, or always with ``rebuild``), also tagged
+    ``also_tag`` when given: (its name, its size). A docker or disk failure is one
+    ``PackagingError``."""
+    kind = KINDS[kind] if isinstance(kind, str) else kind
+    extra = ImageRef.parse(also_tag) if also_tag else None
+    with disk_errors(PackagingError, f"building {kind.repository}"), engine_errors(f"building {kind.repository}"):
+        built = (
+            build_kind(client, kind, cache_dir=cache_dir)
+            if rebuild
+            else ensure_image(client, kind, cache_dir=cache_dir)
+        )
+        img = client.images.get(built)
+        if extra is not None:
+            img.tag(extra.repository, extra.tag_or_latest)
+        return built, int(img.attrs.get("Size", 0))
 
 
 def ensure_image(client: Any, kind: ImageKind | str, *, cache_dir: Path, base: str = BASE_IMAGE) -> str:

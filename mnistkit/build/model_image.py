@@ -15,8 +15,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PackagingError
+from ..files import disk_errors
 from ..imageref import ImageRef
+from ..local.dockerd import engine_errors
 from .push import Credentials, find_credentials, pull, push
 from .s2i import image_labels, make_source_folder, s2i_binary_build, s2i_build
 from .source import ModelSource, resolve_source
@@ -91,6 +93,16 @@ def build_model(config: BuildConfig, client: Any = None, *, cache_dir: Path | No
     config.validate()
     source = resolve_source(config.source)
     image = config.image or default_image_name(source)
+    # an engine that goes away, or a full disk, is one PackagingError, never a traceback
+    where = config.source_only or config.work_dir or tempfile.gettempdir()
+    what = f"writing the s2i source folder {where}" if config.source_only else f"building {image} (in {where})"
+    with disk_errors(PackagingError, what), engine_errors(what):
+        return _build_model(config, client, cache_dir, source, image)
+
+
+def _build_model(
+    config: BuildConfig, client: Any, cache_dir: Path | None, source: ModelSource, image: str
+) -> BuildSummary:
     work = Path(config.work_dir or tempfile.gettempdir())
     if config.source_only:
         folder = make_source_folder(

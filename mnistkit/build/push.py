@@ -22,9 +22,10 @@ from typing import Any
 
 from ..errors import PushError
 from ..imageref import ImageRef
+from ..local.dockerd import engine_failure
 from ..settings import settings
 
-__all__ = ["Credentials", "PushResult", "find_credentials", "push", "pull"]
+__all__ = ["Credentials", "PushResult", "find_credentials", "push", "pull", "publish"]
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +80,31 @@ def _from_docker_config(image: ImageRef) -> Credentials | None:
 
 
 def find_credentials(image: ImageRef, username: str | None = None, password: str | None = None) -> Credentials | None:
-    """Credentials for ``image``'s registry: explicit; else the environment's, when
-    ``MNISTKIT_REGISTRY`` is unset or names this registry; else the docker config entry of
-    this registry (and only this registry)."""
+    """Credentials for ``image``'s registry, and only for it: explicit ones; else the
+    environment's when ``MNISTKIT_REGISTRY`` names this registry; else the docker config's
+    entry for this registry; else the environment's when ``MNISTKIT_REGISTRY`` is unset."""
     if username:
         if password is None:
             raise PushError(f"no password for registry user {username!r}: pipe it to --password-stdin")
-        return Credentials(username, password)
+        return _chosen(image, Credentials(username, password))
     env = settings()
-    scoped = env.registry is None or image.serves(env.registry)
-    if env.registry_username and scoped:
+    from_env = None
+    if env.registry_username:
         if env.registry_password is None:
             raise PushError("MNISTKIT_REGISTRY_USERNAME is set but MNISTKIT_REGISTRY_PASSWORD is not; set both")
-        return Credentials(env.registry_username, env.registry_password, "MNISTKIT_REGISTRY_USERNAME/PASSWORD")
-    return _from_docker_config(image)
+        from_env = Credentials(env.registry_username, env.registry_password, "MNISTKIT_REGISTRY_USERNAME/PASSWORD")
+    if from_env is not None and env.registry is not None:  # scoped: for that registry only
+        return _chosen(image, from_env) if image.serves(env.registry) else _chosen(image, _from_docker_config(image))
+    # unscoped: an entry stored for this very registry wins over credentials meant for any
+    return _chosen(image, _from_docker_config(image) or from_env)
+
+
+def _chosen(image: ImageRef, credentials: Credentials | None) -> Credentials | None:
+    if credentials is None:
+        log.debug("no credentials for %s", image.host)
+    else:
+        log.debug("credentials for %s: user %s from %s", image.host, credentials.username, credentials.source)
+    return credentials
 
 
 def push(client: Any, image: ImageRef, credentials: Credentials | None) -> PushResult:
@@ -113,15 +125,18 @@ def push(client: Any, image: ImageRef, credentials: Credentials | None) -> PushR
         for item in stream:
             if "error" in item or "errorDetail" in item:
                 message = (item.get("errorDetail") or {}).get("message") or item.get("error") or "unknown error"
-                raise PushError(_explain(message, image.host))
+                raise PushError(_explain(message, image.host, credentials is not None))
             aux = item.get("aux")
             if isinstance(aux, dict) and "Digest" in aux:
                 digest, size = aux["Digest"], aux.get("Size")
             progress.update(item)
     except docker.errors.APIError as e:
         raise PushError(_explain(str(e.explanation or e), image.host)) from None
-    except docker.errors.DockerException as e:
-        raise PushError(f"cannot push {image}: {type(e).__name__}; is the docker engine running?") from None
+    except Exception as e:
+        reason = engine_failure(e)
+        if reason is None:
+            raise
+        raise PushError(f"cannot push {image}: {reason}") from None
     if not digest:
         raise PushError(
             f"the registry {image.host} did not report a digest for {image}; the push may not have completed"
@@ -150,14 +165,21 @@ class _Progress:
             log.info("  %s: %s%s", layer, status, mb)
 
 
-def _explain(message: str, registry: str) -> str:
+def _explain(message: str, registry: str, had_credentials: bool = True) -> str:
     m = message.strip().splitlines()[0] if message.strip() else "unknown error"
     low = m.lower()
+    if "no basic auth credentials" in low or (
+        ("unauthorized" in low or "authentication required" in low or "401" in low) and not had_credentials
+    ):
+        return (
+            f"the registry {registry} wants credentials and none were found for it ({m}); use --username with "
+            "--password-stdin, MNISTKIT_REGISTRY_USERNAME/PASSWORD, or an entry in the docker config file"
+        )
     if "unauthorized" in low or "authentication required" in low or "401" in low:
         return f"the registry {registry} refused the credentials ({m}); check the username and password"
     if "connection refused" in low or "no such host" in low or "dial tcp" in low or "timeout" in low:
         return f"cannot reach the registry {registry} ({m}); is it running and is the address right?"
-    return f"push to {registry} failed: {m}"
+    return f"push to {registry} failed: {m}; is {registry} a docker registry, and is the image name right?"
 
 
 def pull(client: Any, image: ImageRef, credentials: Credentials | None) -> str:
@@ -175,6 +197,22 @@ def pull(client: Any, image: ImageRef, credentials: Credentials | None) -> str:
         raise PushError(f"{image} is not in the registry {image.host}; build and push it first") from None
     except docker.errors.APIError as e:
         raise PushError(_explain(str(e.explanation or e), image.host)) from None
-    except docker.errors.DockerException as e:
-        raise PushError(f"cannot pull {image}: {type(e).__name__}; is the docker engine running?") from None
+    except Exception as e:
+        reason = engine_failure(e)
+        if reason is None:
+            raise
+        raise PushError(f"cannot pull {image}: {reason}") from None
     return str(img.id)
+
+
+def publish(client: Any, local: str, registry: str, credentials: Credentials | None) -> PushResult:
+    """Tag the local image ``local`` (``name:tag``) as the same name at ``registry`` and push it."""
+    import docker
+
+    src = ImageRef.parse(local)
+    target = ImageRef(registry, src.path, src.tag_or_latest)
+    try:
+        client.images.get(local).tag(target.repository, target.tag_or_latest)
+    except docker.errors.ImageNotFound:
+        raise PushError(f"image {local} not found; build it first") from None
+    return push(client, target, credentials)

@@ -234,6 +234,7 @@ def s2i_build(
         raise PackagingError(f"s2i build failed: {e.explanation or e}") from None
     try:
         _assemble(container, contract, src)
+        env = {**env, "MNISTKIT_BUILDER_DIGEST": (labels or {}).get("io.mnistkit.builder.digest", "")}
         changes = [f'CMD ["{contract.scripts}/run"]', *(f"ENV {k}={_quote(v)}" for k, v in env.items())]
         changes += [f"LABEL {_quote(k)}={_quote(v)}" for k, v in (labels or {}).items()]
         committed = container.commit(repository=ref.repository, tag=ref.tag_or_latest, changes=changes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import sys
@@ -11,6 +12,7 @@ from typing import Any, TypeVar
 import click
 
 from ..errors import MnistkitError
+from ..files import os_reason
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -40,7 +42,7 @@ def verbosity(f: F) -> F:
 
 
 def errors_to_exit(f: F) -> F:
-    """Turn expected failures into one line on stderr and exit 1; Ctrl-C into exit 130."""
+    """Turn expected failures (and a full disk) into one line on stderr and exit 1; Ctrl-C into exit 130."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -48,6 +50,13 @@ def errors_to_exit(f: F) -> F:
             return f(*args, **kwargs)
         except MnistkitError as e:
             click.echo(f"Error: {e}", err=True)
+            sys.exit(1)
+        except OSError as e:
+            # a full disk can strike any write; the library names the file where it can, and
+            # this net keeps one that slipped through from becoming a traceback
+            if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            click.echo(f"Error: {e.filename or 'a write'}: {os_reason(e)}", err=True)
             sys.exit(1)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)

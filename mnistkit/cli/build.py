@@ -226,8 +226,11 @@ def manifests_cmd(
 )
 @click.option("--tool", is_flag=True, help="Same as --kind tool.")
 @click.option("--train", is_flag=True, help="Same as --kind train.")
-@click.option("--tag", help="Also tag the image with this name (e.g. REGISTRY/mnistkit/builder:TAG for a push).")
 @click.option("--rebuild", is_flag=True, help="Rebuild even when the image exists.")
+@click.option("--registry", help="Also tag the image at this registry (HOST[:PORT]), under the same name.")
+@click.option("--push", is_flag=True, help="Push it there (needs --registry); credentials as for model images.")
+@click.option("--username", help="Registry user (with --password-stdin).")
+@click.option("--password-stdin", is_flag=True, help="Read the registry password from standard input.")
 @click.option(
     "--docker-host", help="Docker engine URL (default $DOCKER_HOST, the machine's engine, or an embedded dockerd)."
 )
@@ -237,8 +240,11 @@ def builder_cmd(
     kind_name: str,
     tool: bool,
     train: bool,
-    tag: str | None,
     rebuild: bool,
+    registry: str | None,
+    push: bool,
+    username: str | None,
+    password_stdin: bool,
     docker_host: str | None,
     verbose: int,
     quiet: bool,
@@ -246,25 +252,37 @@ def builder_cmd(
     """Build one of mnistkit's images offline (Debian base by debootstrap, wheelhouse on loopback).
 
     The image is tagged by a digest of what goes into it, so it is rebuilt exactly when its
-    inputs change."""
+    inputs change. With --registry and --push it goes where the cluster files name it."""
     setup_logging(verbose, quiet)
-    from ..build.builder_image import KINDS, build_kind, ensure_image
+    from ..build.builder_image import provide_image
+    from ..build.push import find_credentials, publish
+    from ..errors import ConfigError
     from ..imageref import ImageRef
-    from ..local.dockerd import mnistkit_home
+    from ..local.dockerd import engine_errors, mnistkit_home
 
-    kind = KINDS["tool" if tool else "train" if train else kind_name]
-    extra = ImageRef.parse(tag) if tag else None
+    if push and not registry:
+        raise ConfigError("--push needs --registry HOST[:PORT]")
+    kind = "tool" if tool else "train" if train else kind_name
+    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
+    home = mnistkit_home()
     client, embedded = _engine(docker_host)
     try:
-        home = mnistkit_home()
-        built = build_kind(client, kind, cache_dir=home) if rebuild else ensure_image(client, kind, cache_dir=home)
-        img = client.images.get(built)
-        if extra is not None:
-            img.tag(extra.repository, extra.tag_or_latest)
+        built, size = provide_image(client, kind, cache_dir=home, rebuild=rebuild)
+        where = ""
+        if registry:
+            target = ImageRef(registry, ImageRef.parse(built).path, ImageRef.parse(built).tag)
+            if push:
+                where = (
+                    f" -> {publish(client, built, registry, find_credentials(target, username, password)).reference}"
+                )
+            else:
+                with engine_errors(f"tagging {target}"):
+                    client.images.get(built).tag(target.repository, target.tag_or_latest)
+                where = f" tagged {target}"
     finally:
         if embedded:
             embedded.stop()
-    click.echo(f"{built} ({img.attrs.get('Size', 0) / 1e6:.0f} MB)" + (f" tagged {extra}" if extra else ""))
+    click.echo(f"{built} ({size / 1e6:.0f} MB){where}")
 
 
 if __name__ == "__main__":

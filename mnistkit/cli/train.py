@@ -192,6 +192,8 @@ def _print_group(result: Any, metric: str) -> None:
         )
     best = result.best
     assert best is not None
+    if result.reused:
+        click.echo(f"reused {result.reused} of {len(result.trials)} trials (finished with the same configuration)")
     click.echo(f"best: {best.name} ({metric} {best.metrics.get(metric)}) -> {result.group_dir / 'best.json'}")
 
 

@@ -10,15 +10,52 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import PackagingError
+from ..errors import MnistkitError, PackagingError
+from ..files import os_reason
 from ..settings import settings
 from ._proc import find_exe, spawn, stop_group, wait_until
 
-__all__ = ["LocalDocker", "connect_docker", "mnistkit_home"]
+__all__ = ["LocalDocker", "connect_docker", "docker_client", "mnistkit_home", "engine_failure", "engine_errors"]
+
+
+def engine_failure(e: BaseException) -> str | None:
+    """One line for a docker SDK or engine connection failure; None for anything else.
+
+    The SDK raises ``docker.errors.*`` for what the engine answers, but lets ``requests``
+    errors through when the engine goes away mid-call."""
+    import requests
+
+    import docker
+
+    if isinstance(e, docker.errors.APIError):
+        text = str(e.explanation or e).strip().splitlines()
+        return f"the docker engine refused: {text[0][:300] if text else type(e).__name__}"
+    if isinstance(e, requests.exceptions.Timeout):
+        return "the docker engine did not answer in time; is it overloaded or stopped?"
+    if isinstance(e, requests.exceptions.ConnectionError):
+        return "lost the connection to the docker engine; is it still running?"
+    if isinstance(e, (docker.errors.DockerException, requests.exceptions.RequestException)):
+        text = str(e).strip().splitlines()
+        return f"docker: {text[0][:300] if text else type(e).__name__}"
+    return None
+
+
+@contextmanager
+def engine_errors(what: str, error: type[MnistkitError] = PackagingError) -> Iterator[None]:
+    """Docker failures inside the block as one ``error``: ``<what>: <reason>``."""
+    try:
+        yield
+    except Exception as e:
+        reason = engine_failure(e)
+        if reason is None:
+            raise
+        raise error(f"{what}: {reason}") from None
 
 
 def mnistkit_home() -> Path:
@@ -28,7 +65,7 @@ def mnistkit_home() -> Path:
     try:
         home.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise PackagingError(f"cannot create {home}: {e.strerror}; set MNISTKIT_HOME to a writable folder") from None
+        raise PackagingError(f"cannot create {home}: {os_reason(e)} (MNISTKIT_HOME)") from None
     return home
 
 
@@ -37,6 +74,7 @@ class LocalDocker:
     """A dockerd whose data, exec root, pidfile and socket all live under ``root``."""
 
     root: Path
+    extra_args: tuple[str, ...] = ()  # more dockerd flags (e.g. --add-runtime)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -48,15 +86,15 @@ class LocalDocker:
         return f"unix://{self.socket}"
 
     def client(self, timeout: int = 600) -> Any:
-        import docker
 
-        return docker.DockerClient(base_url=self.host, timeout=timeout)
+        return docker_client(self.host, timeout)
 
     def _answers(self) -> bool:
         if not self.socket.exists():
             return False
+        client = self.client(timeout=5)  # a docker config the SDK cannot read fails here, at once
         try:
-            return bool(self.client(timeout=5).ping())
+            return bool(client.ping())
         except Exception:  # docker raises several types for a dead socket
             return False
 
@@ -65,12 +103,25 @@ class LocalDocker:
         if self._answers():
             return self
         dockerd = find_exe("dockerd", "apt-get install docker.io (make test/demo do this)", PackagingError)
-        self.root.mkdir(parents=True, exist_ok=True)
         # the exec root must be short: unix socket paths are limited to 108 bytes
         exec_root = Path("/run/mnistkit") / hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
-        exec_root.mkdir(parents=True, exist_ok=True)
-        self.socket.unlink(missing_ok=True)
-        self.proc = spawn(
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            exec_root.mkdir(parents=True, exist_ok=True)
+            self.socket.unlink(missing_ok=True)
+            self.proc = self._spawn(dockerd, exec_root)
+        except OSError as e:
+            raise PackagingError(f"cannot start dockerd in {self.root}: {os_reason(e)}") from None
+        if wait_until(self._answers, timeout, proc=self.proc, interval=0.2):
+            return self
+        if self.proc.poll() is not None:
+            tail = (self.root / "dockerd.log").read_text(errors="replace").splitlines()[-3:]
+            raise PackagingError(f"dockerd exited at start: {' | '.join(tail)[-400:]}")
+        self.stop()
+        raise PackagingError(f"dockerd did not answer on {self.socket} within {timeout:.0f}s")
+
+    def _spawn(self, dockerd: str, exec_root: Path) -> subprocess.Popen[bytes]:
+        return spawn(
             [
                 dockerd,
                 "--data-root",
@@ -86,16 +137,10 @@ class LocalDocker:
                 "--iptables=false",
                 "--ip6tables=false",
                 "--bridge=none",
+                *self.extra_args,
             ],
             self.root / "dockerd.log",
         )
-        if wait_until(self._answers, timeout, proc=self.proc, interval=0.2):
-            return self
-        if self.proc.poll() is not None:
-            tail = (self.root / "dockerd.log").read_text(errors="replace").splitlines()[-3:]
-            raise PackagingError(f"dockerd exited at start: {' | '.join(tail)}")
-        self.stop()
-        raise PackagingError(f"dockerd did not answer on {self.socket} within {timeout:.0f}s")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -103,10 +148,20 @@ class LocalDocker:
             self.proc = None
 
 
-def _ping(base_url: str) -> Any:
+def docker_client(base_url: str, timeout: int = 600) -> Any:
+    """A docker SDK client for ``base_url``. The SDK reads the docker config file as it starts
+    and fails on an entry that is not base64: that is one error here, naming the file."""
     import docker
 
-    client = docker.DockerClient(base_url=base_url, timeout=600)
+    try:
+        return docker.DockerClient(base_url=base_url, timeout=timeout)
+    except ValueError as e:  # binascii.Error from the SDK's own reading of config.json
+        config = Path(os.environ.get("DOCKER_CONFIG") or Path.home() / ".docker") / "config.json"
+        raise PackagingError(f"{config} has an auth entry the docker SDK cannot read ({e}); fix or remove it") from None
+
+
+def _ping(base_url: str) -> Any:
+    client = docker_client(base_url)
     client.ping()
     return client
 

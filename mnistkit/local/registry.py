@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import PushError
+from ..files import disk_errors
 from ._proc import find_exe, http_status, spawn, stop_group, wait_until
 
 __all__ = ["LocalRegistry"]
@@ -21,6 +22,7 @@ class LocalRegistry:
     port: int
     username: str
     password: str = field(repr=False)
+    log_level: str = "warn"  # "info" logs every request with the user it authenticated
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -34,9 +36,20 @@ class LocalRegistry:
         registry = find_exe("docker-registry", "apt-get install docker-registry (make test/demo do this)", PushError)
         htpasswd = find_exe("htpasswd", "apt-get install apache2-utils (make test/demo do this)", PushError)
         self.root = Path(self.root).resolve()
-        self.root.mkdir(parents=True, exist_ok=True)
         if self._status() is not None:
             raise PushError(f"port {self.port} is already in use; choose another registry port")
+        with disk_errors(PushError, f"cannot start the registry in {self.root}"):
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._configure(htpasswd)
+            self.proc = spawn([registry, "serve", str(self.root / "config.yml")], self.root / "registry.log")
+        if wait_until(lambda: self._status() == 401, timeout, proc=self.proc):
+            return self
+        if self.proc.poll() is not None:
+            raise PushError(f"docker-registry exited at start; see {self.root / 'registry.log'}")
+        self.stop()
+        raise PushError(f"the registry did not answer on {self.address} within {timeout:.0f}s")
+
+    def _configure(self, htpasswd: str) -> None:
         # the password goes to htpasswd on stdin, never on a command line
         out = subprocess.run([htpasswd, "-iBn", self.username], input=self.password.encode(), capture_output=True)
         if out.returncode != 0:
@@ -44,18 +57,11 @@ class LocalRegistry:
         (self.root / "htpasswd").write_bytes(out.stdout)
         (self.root / "config.yml").write_text(
             "version: 0.1\n"
-            "log: {level: warn}\n"
+            f"log: {{level: {self.log_level}}}\n"
             f"storage: {{filesystem: {{rootdirectory: {self.root / 'data'}}}, delete: {{enabled: true}}}}\n"
             f"http: {{addr: '{self.address}'}}\n"
             f"auth: {{htpasswd: {{realm: mnistkit, path: {self.root / 'htpasswd'}}}}}\n"
         )
-        self.proc = spawn([registry, "serve", str(self.root / "config.yml")], self.root / "registry.log")
-        if wait_until(lambda: self._status() == 401, timeout, proc=self.proc):
-            return self
-        if self.proc.poll() is not None:
-            raise PushError(f"docker-registry exited at start; see {self.root / 'registry.log'}")
-        self.stop()
-        raise PushError(f"the registry did not answer on {self.address} within {timeout:.0f}s")
 
     def stop(self) -> None:
         if self.proc is not None:

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from ..errors import ManifestError
+from ..files import disk_errors
 from ..imageref import ImageRef
 from .resources import ManifestConfig, argo_workflow, pvcs, seldon_deployment
 from .validate import validate_pvcs, validate_seldon, validate_workflow
@@ -49,19 +50,20 @@ def write_manifests(
         validate_workflow(resources["argo-workflow.yaml"][0])
         validate_pvcs(resources["pvcs.yaml"])
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
-    try:
-        for name, docs in resources.items():
-            (staging / name).write_text(yaml.safe_dump_all(copy.deepcopy(docs), sort_keys=False))
-        if polyaxonfile is not None:
-            polyaxonfile(staging / "polyaxonfile.yaml")
-        written = []
-        for f in sorted(staging.iterdir()):
-            os.replace(f, out / f.name)
-            written.append(out / f.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with disk_errors(ManifestError, f"cannot write the cluster resources into {out}"):
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=out, prefix=".staging-"))
+        try:
+            for name, docs in resources.items():
+                (staging / name).write_text(yaml.safe_dump_all(copy.deepcopy(docs), sort_keys=False))
+            if polyaxonfile is not None:
+                polyaxonfile(staging / "polyaxonfile.yaml")
+            written = []
+            for f in sorted(staging.iterdir()):
+                os.replace(f, out / f.name)
+                written.append(out / f.name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return written
 
 

@@ -159,6 +159,24 @@ def _build_step(cfg: ManifestConfig) -> dict[str, Any]:
     }
 
 
+def _dind_sidecar(cfg: ManifestConfig) -> dict[str, Any]:
+    """The pod's own docker engine, reachable only on the pod's loopback."""
+    return {
+        "name": "dind",
+        "image": cfg.dind_image,
+        # "dockerd" first: the image's entrypoint then adds no listener of its own
+        # (with a flag first it would also listen on 0.0.0.0:2375, the pod's IP)
+        "args": ["dockerd", "--host=tcp://127.0.0.1:2375", "--tls=false"],
+        "env": [{"name": "DOCKER_TLS_CERTDIR", "value": ""}],
+        # the engine's storage: a volume, so its overlay2 driver works (k8s
+        # ignores the image's VOLUME; on the container's own layer it falls back to vfs)
+        "volumeMounts": [{"name": "docker-data", "mountPath": "/var/lib/docker"}],
+        # a nested dockerd needs an unconfined sandbox; it is the pod's own daemon,
+        # not the node's (a sandboxing runtime such as sysbox can drop this flag)
+        "securityContext": {"privileged": True},
+    }
+
+
 def argo_workflow(cfg: ManifestConfig) -> dict[str, Any]:
     """Package and push in the cluster: mnistkit-build in the build-tool image, against a
     docker-in-docker sidecar in the same pod. The node's docker socket is never mounted, so
@@ -186,6 +204,7 @@ def argo_workflow(cfg: ManifestConfig) -> dict[str, Any]:
             "volumes": [
                 {"name": "outputs", "persistentVolumeClaim": {"claimName": cfg.claims["outputs"], "readOnly": True}},
                 {"name": "build", "persistentVolumeClaim": {"claimName": cfg.claims["build"]}},
+                {"name": "docker-data", "emptyDir": {}},
                 {
                     "name": "docker-config",
                     "secret": {
@@ -198,17 +217,7 @@ def argo_workflow(cfg: ManifestConfig) -> dict[str, Any]:
                 {
                     "name": "build-and-push",
                     "container": _build_step(cfg),
-                    "sidecars": [
-                        {
-                            "name": "dind",
-                            "image": cfg.dind_image,
-                            "args": ["--host=tcp://127.0.0.1:2375", "--tls=false"],
-                            "env": [{"name": "DOCKER_TLS_CERTDIR", "value": ""}],
-                            # a nested dockerd needs an unconfined sandbox; it is the pod's own daemon,
-                            # not the node's (a sandboxing runtime such as sysbox can drop this flag)
-                            "securityContext": {"privileged": True},
-                        }
-                    ],
+                    "sidecars": [_dind_sidecar(cfg)],
                 }
             ],
         },
