@@ -105,28 +105,34 @@ def test_onnx_runtime_without_an_onnx_model_says_how_to_build_one(trained_run):
         load_predictor(trained_run.artifact, runtime="onnx")
 
 
-def _swap(folder, tmp_path, data, *, fix_manifest=False):
+def _swap(folder, tmp_path, data, edit: str):
+    import hashlib
+
+    from mnistkit.artifact import manifest_checksum
+
     copy = tmp_path / "model"
     shutil.copytree(folder, copy)
     (copy / ONNX_FILE).write_bytes(data)
-    if fix_manifest:  # list the new file's sha256, as someone who edits the manifest would
-        import hashlib
-
-        manifest = json.loads((copy / "manifest.json").read_text())
+    manifest = json.loads((copy / "manifest.json").read_text())
+    if edit != "none":  # list the new file's sha256, as someone who edits the manifest would
         manifest["files"][ONNX_FILE] = hashlib.sha256(data).hexdigest()
-        (copy / "manifest.json").write_text(json.dumps(manifest))
+    if edit == "files and checksum":  # the checksum is no secret: recompute it too
+        manifest["checksum"] = manifest_checksum(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
     return copy
 
 
 @pytest.mark.parametrize(
-    "case, fix_manifest, message",
+    "edit, message",
     [
-        ("another model's ONNX", False, "does not match its sha256"),
-        ("another model's ONNX, manifest files edited", True, "does not match its model.onnx and weights"),
+        ("none", "does not match its sha256"),
+        ("files", "does not match its own checksum"),
+        ("files and checksum", "does not match its model.onnx and weights"),
     ],
+    ids=["file swapped", "file swapped, manifest files edited", "file swapped, manifest files and checksum edited"],
 )
-def test_swapped_onnx_is_refused_at_start_up(onnx_model, other_onnx, tmp_path, case, fix_manifest, message):
-    copy = _swap(onnx_model[0], tmp_path, other_onnx, fix_manifest=fix_manifest)
+def test_swapped_onnx_is_refused_at_start_up(onnx_model, other_onnx, tmp_path, edit, message):
+    copy = _swap(onnx_model[0], tmp_path, other_onnx, edit)
     with pytest.raises(ServingError, match=message):
         model = MnistModel(str(copy))
         model.load()
