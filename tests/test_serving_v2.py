@@ -1,0 +1,302 @@
+"""The V2 runtime in the real MLServer 1.7 (its own venv), started by mnistkit.launch_v2 with two
+processes on one port, as the V2 image runs it: answers equal the in-process model's, the input
+rules, hostile payloads (4xx JSON, never 5xx), metadata, health, docs, metrics, supervision."""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import http.client
+import io
+import json
+import os
+import signal
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnistkit.local._proc import wait_until
+from mnistkit.local.mlserver import start_mlserver
+from mnistkit.pixels import encode_png
+from support.v2 import mlserver_python, request
+
+pytestmark = pytest.mark.server
+
+INFER = "/v2/models/mnist/infer"
+
+
+@pytest.fixture(scope="module")
+def v2(trained_run, tmp_path_factory):
+    server = start_mlserver(
+        trained_run.artifact, python=mlserver_python(), workdir=tmp_path_factory.mktemp("v2"), processes=2
+    )
+    server.started = time.monotonic()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def predictor(trained_run):
+    from mnistkit.runtime import load_predictor
+
+    return load_predictor(trained_run.artifact)
+
+
+@pytest.fixture(scope="module")
+def digits(mnist):
+    return mnist.test_images[:4].numpy().astype(np.uint8)  # (4, 28, 28) real test digits
+
+
+def _png(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def _pixels_input(data, shape, datatype="INT32", name="pixels"):
+    return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}
+
+
+def _images_input(blobs, shape=None):
+    data = [base64.b64encode(b).decode() for b in blobs]
+    return {"inputs": [{"name": "images", "shape": shape or [len(data)], "datatype": "BYTES", "data": data}]}
+
+
+VALID = {
+    "int32 [n,784] flat": lambda d: _pixels_input(d.reshape(-1).tolist(), [4, 784]),
+    "fp32 [n,28,28] flat": lambda d: _pixels_input(d.astype(float).reshape(-1).tolist(), [4, 28, 28], "FP32"),
+    "uint8 [n,1,28,28] flat": lambda d: _pixels_input(d.reshape(-1).tolist(), [4, 1, 28, 28], "UINT8"),
+    "fp64 [n,28,28] nested": lambda d: _pixels_input(d.astype(float).tolist(), [4, 28, 28], "FP64"),
+    "int64 [784] one image": lambda d: _pixels_input(d[0].reshape(-1).tolist(), [784], "INT64"),
+    "bytes png [n]": lambda d: _images_input([_png(x) for x in d]),
+    "bytes png [n,1]": lambda d: _images_input([_png(x) for x in d], [4, 1]),
+}
+
+
+@pytest.mark.parametrize("make", VALID.values(), ids=VALID.keys())
+def test_answers_equal_the_in_process_model(v2, predictor, digits, make):
+    status, body, headers = request(v2.url + INFER, body=make(digits))
+    assert status == 200, body
+    out = {o["name"]: o for o in json.loads(body)["outputs"]}
+    probs = np.asarray(out["probabilities"]["data"], dtype=np.float32).reshape(out["probabilities"]["shape"])
+    n = len(probs)
+    want = predictor.predict(digits[:n].astype(np.float32))
+    assert out["probabilities"]["datatype"] == "FP32" and out["digits"]["datatype"] == "INT64"
+    assert np.abs(probs - want).max() < 1e-5
+    assert out["digits"]["data"] == want.argmax(1).tolist() and out["digits"]["shape"] == [n]
+
+
+def test_jpeg_and_a_larger_image_are_read_like_pngs(v2, predictor, digits):
+    big = np.asarray(Image.fromarray(digits[0]).resize((56, 56)))
+    status, body, _ = request(v2.url + INFER, body=_images_input([_png(digits[0], "JPEG"), _png(big)]))
+    assert status == 200, body
+    got = {o["name"]: o["data"] for o in json.loads(body)["outputs"]}
+    assert got["digits"][0] == int(predictor.predict(digits[:1].astype(np.float32)).argmax())
+
+
+@pytest.mark.parametrize(
+    ("outputs", "names"),
+    [
+        ([{"name": "digits"}], ["digits"]),
+        ([{"name": "probabilities"}], ["probabilities"]),
+        (None, ["probabilities", "digits"]),
+    ],
+    ids=["digits only", "probabilities only", "both by default"],
+)
+def test_requested_outputs_are_the_ones_returned(v2, digits, outputs, names):
+    payload = _pixels_input(digits[0].reshape(-1).tolist(), [1, 784])
+    if outputs:
+        payload["outputs"] = outputs
+    status, body, _ = request(v2.url + INFER, body=payload)
+    assert status == 200 and [o["name"] for o in json.loads(body)["outputs"]] == names
+
+
+def _png_bomb() -> bytes:
+    buf = io.BytesIO()
+    Image.new("1", (6000, 6000)).save(buf, format="PNG")  # 36 MP of zeros in a few kB
+    return buf.getvalue()
+
+
+ONE = [0] * 784
+HOSTILE = {
+    "malformed json": (b"{bad", 400, "JSON"),
+    "deep nesting": (b"[" * 100_000 + b"]" * 100_000, 400, "depth"),
+    "deep nesting inside data": (
+        b'{"inputs":[{"name":"pixels","shape":[1],"datatype":"FP32","data":' + b"[" * 900 + b"1" + b"]" * 900 + b"}]}",
+        400,
+        "nested",
+    ),
+    "json array body": (b"[1, 2]", 400, "not a V2 inference request"),
+    "no inputs key": ({"outputs": []}, 400, "inputs"),
+    "empty inputs": ({"inputs": []}, 400, "exactly one input"),
+    "two inputs": ({"inputs": [_pixels_input(ONE, [1, 784])["inputs"][0]] * 2}, 400, "exactly one input"),
+    "strings as pixels": (_pixels_input(["a"] * 784, [1, 784]), 400, "strings"),
+    "NaN literal": (b'{"inputs":[{"name":"pixels","shape":[1],"datatype":"FP32","data":[NaN]}]}', 400, "JSON"),
+    "1e400": (b'{"inputs":[{"name":"pixels","shape":[1],"datatype":"FP32","data":[1e400]}]}', 400, "JSON"),
+    "out of range": (_pixels_input([300] + ONE[1:], [1, 784]), 400, "0..255"),
+    "negative": (_pixels_input([-1] + ONE[1:], [1, 784]), 400, "0..255"),
+    "empty data": (_pixels_input([], [0, 784]), 400, "no pixels"),
+    "ragged": (_pixels_input([[1, 2], [3]], [2, 2]), 400, "ragged"),
+    "shape does not match values": (_pixels_input(ONE[:783], [1, 784]), 400, "needs 784 values"),
+    "shape claims 10^9 values": (_pixels_input(ONE, [1_000_000, 1000]), 400, "over the limit"),
+    "negative shape": (_pixels_input(ONE, [-1, 784]), 400, "negative"),
+    "batch over the limit": (_pixels_input([0] * 784 * 257, [257, 784]), 400, "over the limit"),
+    "unknown shape": (_pixels_input(ONE, [16, 49]), 400, "cannot read shape"),
+    "floats declared INT32": (_pixels_input([0.5] * 784, [1, 784]), 400, "non-integers"),
+    "BOOL datatype": (_pixels_input([True] * 784, [1, 784], "BOOL"), 400, "datatype"),
+    "unknown datatype": (_pixels_input(ONE, [1, 784], "INT99"), 400, "datatype"),
+    "wrong input name": (_pixels_input(ONE, [1, 784], name="x"), 400, "named 'pixels'"),
+    "not base64": ({"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES", "data": ["!!"]}]}, 400, "base64"),
+    "non-image bytes": (_images_input([b"hello world, no image"]), 400, "not an image"),
+    "corrupt png": (_images_input([b"\x89PNG\r\n\x1a\n" + os.urandom(200)]), 400, "not an image"),
+    "truncated png": (
+        _images_input([encode_png(np.random.default_rng(0).integers(0, 256, (28, 28)))[:300]]),
+        400,
+        "not an image",
+    ),
+    "1x1 image": (_images_input([_png(np.zeros((1, 1), np.uint8))]), 400, "at least"),
+    "decompression bomb": (_images_input([_png_bomb()]), 400, "over the limit"),
+    "unknown output": ({**_pixels_input(ONE, [1, 784]), "outputs": [{"name": "logits"}]}, 400, "unknown output"),
+    "body over the limit": (b"x" * (5 * 1024 * 1024), 413, "over the limit"),
+}
+
+
+@pytest.mark.parametrize(("body", "status", "says"), HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_payloads_get_a_4xx_v2_error(v2, body, status, says):
+    got, raw, headers = request(v2.url + INFER, body=body)
+    assert got == status, raw[:300]
+    error = json.loads(raw)["error"]
+    assert says in error and "Traceback" not in error and headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    ("path", "method", "headers", "body", "status"),
+    [
+        ("/v2/nothing", "GET", {}, None, 404),
+        (INFER, "GET", {}, None, 405),
+        ("/v2/models/nope/infer", "POST", {}, _pixels_input(ONE, [1, 784]), 404),
+        (INFER, "POST", {"Content-Type": "text/plain"}, b"pixels please", 400),
+        (INFER, "POST", {"Content-Encoding": "br"}, b"{}", 415),
+        (INFER, "POST", {"Content-Encoding": "gzip"}, gzip.compress(b" " * (8 * 1024 * 1024)), 413),
+    ],
+    ids=["unknown route", "GET on infer", "unknown model", "wrong content type", "brotli", "gzip bomb"],
+)
+def test_routing_and_encoding_errors_are_v2_errors(v2, path, method, headers, body, status):
+    got, raw, _ = request(v2.url + path, method, body, headers)
+    assert got == status, raw[:300]
+    assert json.loads(raw)["error"]
+
+
+def test_a_chunked_body_over_the_limit_gets_413(v2):
+    conn = http.client.HTTPConnection("127.0.0.1", v2.http_port, timeout=60)
+    chunks = (b"x" * 65536 for _ in range(100))  # 6.5 MB, no Content-Length
+    conn.request("POST", INFER, body=chunks, headers={"Content-Type": "application/json"}, encode_chunked=True)
+    r = conn.getresponse()
+    assert r.status == 413 and "over the limit" in json.loads(r.read())["error"]
+    conn.close()
+
+
+def test_metadata_declares_the_tensors(v2, trained_run):
+    meta = json.loads(urllib.request.urlopen(v2.url + "/v2/models/mnist").read())
+    assert meta["name"] == "mnist" and meta["versions"] == [trained_run.artifact_sha256[:12]]
+    assert [(i["name"], i["datatype"]) for i in meta["inputs"]] == [("pixels", "FP32"), ("images", "BYTES")]
+    assert [(o["name"], o["datatype"], o["shape"]) for o in meta["outputs"]] == [
+        ("probabilities", "FP32", [-1, 10]),
+        ("digits", "INT64", [-1]),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("/v2/health/live", ""),
+        ("/v2/health/ready", ""),
+        ("/v2/models/mnist/ready", ""),
+        ("/v2/docs", "text/html"),
+        ("/v2/docs/dataplane.json", "application/json"),
+        ("/v2", "application/json"),
+    ],
+)
+def test_health_and_docs_answer(v2, path, kind):
+    status, _, headers = request(v2.url + path, "GET")
+    assert status == 200 and headers.get("content-type", "").startswith(kind)
+
+
+def _metric(v2, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{v2.metrics_port}/metrics").read().decode()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+def test_mnistkit_counters_sum_over_both_processes(v2, digits):
+    before, refused = _metric(v2, "mnistkit_predictions_total"), _metric(v2, "mnistkit_refused_total")
+    for _ in range(10):  # new connections: the kernel spreads them over both processes
+        assert request(v2.url + INFER, body=_pixels_input(digits.reshape(-1).tolist(), [4, 784]))[0] == 200
+    assert request(v2.url + INFER, body=_pixels_input([999] * 784, [1, 784]))[0] == 400
+    assert _metric(v2, "mnistkit_predictions_total") - before == 40
+    assert _metric(v2, "mnistkit_refused_total") - refused == 1
+    assert _metric(v2, "model_infer_request_success_total") >= 10
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def test_a_killed_server_process_is_replaced_and_the_other_keeps_serving(v2, digits):
+    payload = _pixels_input(digits[0].reshape(-1).tolist(), [1, 784])
+    from mnistkit.launch_v2 import MIN_UPTIME
+
+    time.sleep(max(0.0, v2.started + MIN_UPTIME + 1 - time.monotonic()))  # past start-up: a crash, not a failed start
+    victims = _children(v2.proc.pid)
+    assert len(victims) == 2
+    os.kill(victims[0], signal.SIGKILL)
+    assert request(v2.url + INFER, body=payload)[0] == 200  # the other process answers at once
+    assert wait_until(lambda: len(set(_children(v2.proc.pid)) - set(victims)) == 1, 30)
+    time.sleep(3)
+    assert all(request(v2.url + INFER, body=payload)[0] == 200 for _ in range(10))
+
+
+def test_sigterm_stops_every_process_with_exit_code_0(trained_run, tmp_path):
+    server = start_mlserver(trained_run.artifact, python=mlserver_python(), workdir=tmp_path, processes=2)
+    children = _children(server.proc.pid)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=30) == 0
+    assert not any(os.path.exists(f"/proc/{c}") and "zombie" not in open(f"/proc/{c}/status").read() for c in children)
+
+
+def test_a_tampered_artifact_never_serves(trained_run, tmp_path):
+    """The folder is written for the good artifact, then its weights change: the server refuses."""
+    import shutil
+    import subprocess
+
+    from mnistkit.local.mlserver import write_model_folder
+
+    model = tmp_path / "model"
+    shutil.copytree(trained_run.artifact, model)
+    folder = write_model_folder(model, tmp_path / "v2-model", max_batch=8)
+    weights = next(model.glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    env = {**os.environ, "MLSERVER_HOST": "127.0.0.1", "MLSERVER_HTTP_PORT": "0", "MLSERVER_GRPC_PORT": "0"}
+    env.update(MLSERVER_METRICS_PORT="0", MNISTKIT_PROCESSES="1")
+    proc = subprocess.run(
+        [mlserver_python(), "-m", "mnistkit.launch_v2", str(folder)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "does not match its sha256" in proc.stderr and "Traceback" not in proc.stderr
