@@ -300,3 +300,15 @@ def test_a_tampered_artifact_never_serves(trained_run, tmp_path):
     )
     assert proc.returncode != 0
     assert "does not match its sha256" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_serving_v2_all_is_what_it_defines():
+    """tests/test_public_api.py's check, run in the MLServer venv (the module imports MLServer)."""
+    import subprocess
+
+    code = (
+        "import inspect, mnistkit.serving_v2 as m; "
+        "d = {n for n, v in vars(m).items() if not n.startswith('_') and (inspect.isclass(v) or inspect.isfunction(v)) "
+        "and v.__module__ == m.__name__}; assert d == set(m.__all__), (d, m.__all__)"
+    )
+    subprocess.run([mlserver_python(), "-c", code], check=True)

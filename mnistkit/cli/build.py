@@ -213,10 +213,15 @@ def manifests_cmd(
 @click.option(
     "--kind",
     "kind_name",
-    type=click.Choice(["seldon-torch", "tool", "train"]),
+    type=click.Choice(["seldon-torch", "mlserver-torch", "tool", "train"]),
     default="seldon-torch",
     show_default=True,
-    help="Which image: the s2i builder, the build tool (the Argo step) or the training image.",
+    help="Which image: an s2i builder (v1 or V2), the build tool (the Argo step) or the training image.",
+)
+@click.option(
+    "--server",
+    type=click.Choice(["seldon", "mlserver"]),
+    help="The s2i builder for this server: seldon (v1 protocol) or mlserver (V2); sets --kind.",
 )
 @click.option("--tool", is_flag=True, help="Same as --kind tool.")
 @click.option("--train", is_flag=True, help="Same as --kind train.")
@@ -229,6 +234,7 @@ def manifests_cmd(
 @errors_to_exit
 def builder_cmd(
     kind_name: str,
+    server: str | None,
     tool: bool,
     train: bool,
     tag: str | None,
@@ -246,6 +252,8 @@ def builder_cmd(
     from ..imageref import ImageRef
     from ..local.dockerd import mnistkit_home
 
+    if server:
+        kind_name = f"{server if server == 'mlserver' else 'seldon'}-torch"
     kind = KINDS["tool" if tool else "train" if train else kind_name]
     extra = ImageRef.parse(tag) if tag else None
     client, embedded = _engine(docker_host)
