@@ -25,12 +25,13 @@ class DefaultGroup(click.Group):
 
 @click.group(cls=DefaultGroup, context_settings=CONTEXT)
 def main() -> None:
-    """Package a trained model as a Seldon Core image, push it, write cluster resources.
+    """Package a trained model as a Seldon Core (v1) or MLServer (V2) image, push it, write cluster resources.
 
     \b
       mnistkit-build SOURCE --image NAME:TAG [--smoke-test] [--push]
-      mnistkit-build builder              build mnistkit's s2i builder image
+      mnistkit-build builder [--server mlserver]   build mnistkit's s2i builder image (v1 or V2)
       mnistkit-build manifests SOURCE     write SeldonDeployment, Argo Workflow, polyaxonfile, PVCs
+                                          (--server mlserver: V2, plus a KServe InferenceService)
 
     SOURCE is a run folder, a model folder, or a search group folder (its best trial).
     """
@@ -46,6 +47,14 @@ def _engine(docker_host: str | None, wait: float = 0) -> tuple[Any, Any]:
 @click.argument("source", type=click.Path())
 @click.option("--image", help="Image NAME:TAG (default mnistkit/mnist:<artifact sha256[:12]>).")
 @click.option("--builder", help="s2i builder image (default: mnistkit's, built here when missing).")
+@click.option(
+    "--server",
+    type=click.Choice(["seldon", "mlserver"]),
+    default="seldon",
+    show_default=True,
+    help="What serves the image: seldon (seldon-core-microservice, v1 protocol) or mlserver (MLServer, V2 "
+    "protocol, for KServe and Seldon protocol: v2).",
+)
 @click.option("--model-name", default="MnistModel", show_default=True, help="MODEL_NAME of the Seldon component.")
 @click.option(
     "--source-only",
@@ -120,7 +129,8 @@ def image_cmd(
     if manifests_dir and not summary.source:
         from ..manifests import manifests_for
 
-        written = [str(p) for p in manifests_for(source, manifests_dir, image=summary.reference or summary.image)]
+        image = summary.reference or summary.image
+        written = [str(p) for p in manifests_for(source, manifests_dir, image=image, server=config.server)]
     if as_json:
         click.echo(json.dumps({**summary.to_json(), "manifests": written}, indent=2))
     else:
@@ -169,6 +179,21 @@ def _manifest_options(f: Any) -> Any:
                 help="Registry of the builder, build-tool and training images (default: the model image's).",
             ),
             click.option("--storage-class", help="storageClassName of the PVCs (default: the cluster's)."),
+            click.option(
+                "--server",
+                type=click.Choice(["seldon", "mlserver"]),
+                default="seldon",
+                show_default=True,
+                help="What the image serves with; mlserver (V2) adds a KServe InferenceService and "
+                "sets the SeldonDeployment's protocol: v2.",
+            ),
+            click.option(
+                "--kserve-mode",
+                type=click.Choice(["Standard", "Knative"]),
+                default="Standard",
+                show_default=True,
+                help="The InferenceService's deployment mode (with --server mlserver).",
+            ),
         ]
     ):
         f = option(f)
@@ -200,8 +225,9 @@ def manifests_cmd(
     quiet: bool,
     **options: Any,
 ) -> None:
-    """Write SeldonDeployment, Argo Workflow, polyaxonfile and PVCs for SOURCE's model,
-    each checked against the real schemas before anything is written."""
+    """Write SeldonDeployment, Argo Workflow, polyaxonfile and PVCs for SOURCE's model (and, with
+    --server mlserver, a KServe InferenceService), each checked against the real schemas before
+    anything is written."""
     setup_logging(verbose, quiet)
     from ..manifests import manifests_for
 
