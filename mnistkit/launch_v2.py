@@ -13,7 +13,8 @@ inference pool (``parallel_workers: 0``: no pickling between processes). Each pr
   and the ``httptools`` parser.
 
 Metrics: every process counts into one ``prometheus_client`` multiprocess folder and the
-first one serves them all on ``MLSERVER_METRICS_PORT``. The parent only supervises:
+first one serves them all on ``MLSERVER_METRICS_PORT``. gRPC: every process binds
+``MLSERVER_GRPC_PORT`` too (gRPC sets SO_REUSEPORT), so the kernel spreads those as well. The parent only supervises:
 SIGTERM/SIGINT go to every process and it exits once they have finished their requests; a
 process that dies after serving is replaced. Ports come from the platform's variables:
 ``MLSERVER_HTTP_PORT`` (Seldon sets 9000), else ``PORT`` (Knative), else 8080.
@@ -218,8 +219,6 @@ async def _serve(cfg: LaunchConfig, fd: int, index: int) -> None:
 
     server_settings, models = await load_settings(cfg.folder)
     server_settings._custom_rest_server_settings = {"fd": fd, "http": "httptools", "timeout_graceful_shutdown": 20}
-    if index > 0:
-        server_settings.grpc_port += index  # one gRPC port each (REST shares the one socket)
     server = MLServer(server_settings)
     app = server._rest_server._app
     _error_handlers(app)

@@ -4,10 +4,8 @@ rules, hostile payloads (4xx JSON, never 5xx), metadata, health, docs, metrics, 
 
 from __future__ import annotations
 
-import base64
 import gzip
 import http.client
-import io
 import json
 import os
 import signal
@@ -20,8 +18,7 @@ from PIL import Image
 
 from mnistkit.local._proc import wait_until
 from mnistkit.local.mlserver import start_mlserver
-from mnistkit.pixels import encode_png
-from support.v2 import mlserver_python, request
+from support.v2 import HOSTILE, ONE, images_input, mlserver_python, pixels_input, png, request
 
 pytestmark = pytest.mark.server
 
@@ -50,29 +47,14 @@ def digits(mnist):
     return mnist.test_images[:4].numpy().astype(np.uint8)  # (4, 28, 28) real test digits
 
 
-def _png(pixels: np.ndarray, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def _pixels_input(data, shape, datatype="INT32", name="pixels"):
-    return {"inputs": [{"name": name, "shape": shape, "datatype": datatype, "data": data}]}
-
-
-def _images_input(blobs, shape=None):
-    data = [base64.b64encode(b).decode() for b in blobs]
-    return {"inputs": [{"name": "images", "shape": shape or [len(data)], "datatype": "BYTES", "data": data}]}
-
-
 VALID = {
-    "int32 [n,784] flat": lambda d: _pixels_input(d.reshape(-1).tolist(), [4, 784]),
-    "fp32 [n,28,28] flat": lambda d: _pixels_input(d.astype(float).reshape(-1).tolist(), [4, 28, 28], "FP32"),
-    "uint8 [n,1,28,28] flat": lambda d: _pixels_input(d.reshape(-1).tolist(), [4, 1, 28, 28], "UINT8"),
-    "fp64 [n,28,28] nested": lambda d: _pixels_input(d.astype(float).tolist(), [4, 28, 28], "FP64"),
-    "int64 [784] one image": lambda d: _pixels_input(d[0].reshape(-1).tolist(), [784], "INT64"),
-    "bytes png [n]": lambda d: _images_input([_png(x) for x in d]),
-    "bytes png [n,1]": lambda d: _images_input([_png(x) for x in d], [4, 1]),
+    "int32 [n,784] flat": lambda d: pixels_input(d.reshape(-1).tolist(), [4, 784]),
+    "fp32 [n,28,28] flat": lambda d: pixels_input(d.astype(float).reshape(-1).tolist(), [4, 28, 28], "FP32"),
+    "uint8 [n,1,28,28] flat": lambda d: pixels_input(d.reshape(-1).tolist(), [4, 1, 28, 28], "UINT8"),
+    "fp64 [n,28,28] nested": lambda d: pixels_input(d.astype(float).tolist(), [4, 28, 28], "FP64"),
+    "int64 [784] one image": lambda d: pixels_input(d[0].reshape(-1).tolist(), [784], "INT64"),
+    "bytes png [n]": lambda d: images_input([png(x) for x in d]),
+    "bytes png [n,1]": lambda d: images_input([png(x) for x in d], [4, 1]),
 }
 
 
@@ -91,7 +73,7 @@ def test_answers_equal_the_in_process_model(v2, predictor, digits, make):
 
 def test_jpeg_and_a_larger_image_are_read_like_pngs(v2, predictor, digits):
     big = np.asarray(Image.fromarray(digits[0]).resize((56, 56)))
-    status, body, _ = request(v2.url + INFER, body=_images_input([_png(digits[0], "JPEG"), _png(big)]))
+    status, body, _ = request(v2.url + INFER, body=images_input([png(digits[0], "JPEG"), png(big)]))
     assert status == 200, body
     got = {o["name"]: o["data"] for o in json.loads(body)["outputs"]}
     assert got["digits"][0] == int(predictor.predict(digits[:1].astype(np.float32)).argmax())
@@ -107,61 +89,11 @@ def test_jpeg_and_a_larger_image_are_read_like_pngs(v2, predictor, digits):
     ids=["digits only", "probabilities only", "both by default"],
 )
 def test_requested_outputs_are_the_ones_returned(v2, digits, outputs, names):
-    payload = _pixels_input(digits[0].reshape(-1).tolist(), [1, 784])
+    payload = pixels_input(digits[0].reshape(-1).tolist(), [1, 784])
     if outputs:
         payload["outputs"] = outputs
     status, body, _ = request(v2.url + INFER, body=payload)
     assert status == 200 and [o["name"] for o in json.loads(body)["outputs"]] == names
-
-
-def _png_bomb() -> bytes:
-    buf = io.BytesIO()
-    Image.new("1", (6000, 6000)).save(buf, format="PNG")  # 36 MP of zeros in a few kB
-    return buf.getvalue()
-
-
-ONE = [0] * 784
-HOSTILE = {
-    "malformed json": (b"{bad", 400, "JSON"),
-    "deep nesting": (b"[" * 100_000 + b"]" * 100_000, 400, "depth"),
-    "deep nesting inside data": (
-        b'{"inputs":[{"name":"pixels","shape":[1],"datatype":"FP32","data":' + b"[" * 900 + b"1" + b"]" * 900 + b"}]}",
-        400,
-        "nested",
-    ),
-    "json array body": (b"[1, 2]", 400, "not a V2 inference request"),
-    "no inputs key": ({"outputs": []}, 400, "inputs"),
-    "empty inputs": ({"inputs": []}, 400, "exactly one input"),
-    "two inputs": ({"inputs": [_pixels_input(ONE, [1, 784])["inputs"][0]] * 2}, 400, "exactly one input"),
-    "strings as pixels": (_pixels_input(["a"] * 784, [1, 784]), 400, "strings"),
-    "NaN literal": (b'{"inputs":[{"name":"pixels","shape":[1],"datatype":"FP32","data":[NaN]}]}', 400, "JSON"),
-    "1e400": (b'{"inputs":[{"name":"pixels","shape":[1],"datatype":"FP32","data":[1e400]}]}', 400, "JSON"),
-    "out of range": (_pixels_input([300] + ONE[1:], [1, 784]), 400, "0..255"),
-    "negative": (_pixels_input([-1] + ONE[1:], [1, 784]), 400, "0..255"),
-    "empty data": (_pixels_input([], [0, 784]), 400, "no pixels"),
-    "ragged": (_pixels_input([[1, 2], [3]], [2, 2]), 400, "ragged"),
-    "shape does not match values": (_pixels_input(ONE[:783], [1, 784]), 400, "needs 784 values"),
-    "shape claims 10^9 values": (_pixels_input(ONE, [1_000_000, 1000]), 400, "over the limit"),
-    "negative shape": (_pixels_input(ONE, [-1, 784]), 400, "negative"),
-    "batch over the limit": (_pixels_input([0] * 784 * 257, [257, 784]), 400, "over the limit"),
-    "unknown shape": (_pixels_input(ONE, [16, 49]), 400, "cannot read shape"),
-    "floats declared INT32": (_pixels_input([0.5] * 784, [1, 784]), 400, "non-integers"),
-    "BOOL datatype": (_pixels_input([True] * 784, [1, 784], "BOOL"), 400, "datatype"),
-    "unknown datatype": (_pixels_input(ONE, [1, 784], "INT99"), 400, "datatype"),
-    "wrong input name": (_pixels_input(ONE, [1, 784], name="x"), 400, "named 'pixels'"),
-    "not base64": ({"inputs": [{"name": "images", "shape": [1], "datatype": "BYTES", "data": ["!!"]}]}, 400, "base64"),
-    "non-image bytes": (_images_input([b"hello world, no image"]), 400, "not an image"),
-    "corrupt png": (_images_input([b"\x89PNG\r\n\x1a\n" + os.urandom(200)]), 400, "not an image"),
-    "truncated png": (
-        _images_input([encode_png(np.random.default_rng(0).integers(0, 256, (28, 28)))[:300]]),
-        400,
-        "not an image",
-    ),
-    "1x1 image": (_images_input([_png(np.zeros((1, 1), np.uint8))]), 400, "at least"),
-    "decompression bomb": (_images_input([_png_bomb()]), 400, "over the limit"),
-    "unknown output": ({**_pixels_input(ONE, [1, 784]), "outputs": [{"name": "logits"}]}, 400, "unknown output"),
-    "body over the limit": (b"x" * (5 * 1024 * 1024), 413, "over the limit"),
-}
 
 
 @pytest.mark.parametrize(("body", "status", "says"), HOSTILE.values(), ids=HOSTILE.keys())
@@ -177,7 +109,7 @@ def test_hostile_payloads_get_a_4xx_v2_error(v2, body, status, says):
     [
         ("/v2/nothing", "GET", {}, None, 404),
         (INFER, "GET", {}, None, 405),
-        ("/v2/models/nope/infer", "POST", {}, _pixels_input(ONE, [1, 784]), 404),
+        ("/v2/models/nope/infer", "POST", {}, pixels_input(ONE, [1, 784]), 404),
         (INFER, "POST", {"Content-Type": "text/plain"}, b"pixels please", 400),
         (INFER, "POST", {"Content-Encoding": "br"}, b"{}", 415),
         (INFER, "POST", {"Content-Encoding": "gzip"}, gzip.compress(b" " * (8 * 1024 * 1024)), 413),
@@ -233,8 +165,8 @@ def _metric(v2, name: str) -> float:
 def test_mnistkit_counters_sum_over_both_processes(v2, digits):
     before, refused = _metric(v2, "mnistkit_predictions_total"), _metric(v2, "mnistkit_refused_total")
     for _ in range(10):  # new connections: the kernel spreads them over both processes
-        assert request(v2.url + INFER, body=_pixels_input(digits.reshape(-1).tolist(), [4, 784]))[0] == 200
-    assert request(v2.url + INFER, body=_pixels_input([999] * 784, [1, 784]))[0] == 400
+        assert request(v2.url + INFER, body=pixels_input(digits.reshape(-1).tolist(), [4, 784]))[0] == 200
+    assert request(v2.url + INFER, body=pixels_input([999] * 784, [1, 784]))[0] == 400
     assert _metric(v2, "mnistkit_predictions_total") - before == 40
     assert _metric(v2, "mnistkit_refused_total") - refused == 1
     assert _metric(v2, "model_infer_request_success_total") >= 10
@@ -254,7 +186,7 @@ def _children(pid: int) -> list[int]:
 
 
 def test_a_killed_server_process_is_replaced_and_the_other_keeps_serving(v2, digits):
-    payload = _pixels_input(digits[0].reshape(-1).tolist(), [1, 784])
+    payload = pixels_input(digits[0].reshape(-1).tolist(), [1, 784])
     from mnistkit.launch_v2 import MIN_UPTIME
 
     time.sleep(max(0.0, v2.started + MIN_UPTIME + 1 - time.monotonic()))  # past start-up: a crash, not a failed start
