@@ -86,8 +86,9 @@ class MnistRuntime(MLModel):  # type: ignore[misc]  # MLServer is untyped here
         wanted = self._wanted_outputs(payload)
         probs = self._predictor.predict(pixels)  # (n, 10)
         digits = probs.argmax(axis=1)  # (n,)
-        for d, count in zip(*np.unique(digits, return_counts=True), strict=True):
-            PREDICTIONS.labels(self.name, str(int(d))).inc(int(count))
+        for d, count in enumerate(np.bincount(digits, minlength=10).tolist()):
+            if count:
+                PREDICTIONS.labels(self.name, str(d)).inc(count)
         outputs = {
             OUTPUT_PROBABILITIES: ResponseOutput(
                 name=OUTPUT_PROBABILITIES, shape=list(probs.shape), datatype="FP32", data=probs.ravel().tolist()
