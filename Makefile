@@ -25,6 +25,7 @@ bench: system venv
 	$(BIN)/python benchmarks/train_bench.py
 	$(BIN)/python benchmarks/search_bench.py
 	$(BIN)/python benchmarks/serve_bench.py
+	MNISTKIT_HOME=$(MNISTKIT_HOME) $(BIN)/python benchmarks/v2_bench.py
 
 typecheck: venv
 	$(BIN)/python -m mypy mnistkit

@@ -22,6 +22,7 @@ process that dies after serving is replaced. Ports come from the platform's vari
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -265,6 +266,8 @@ def _preload() -> None:
     for name in ("torch", "onnxruntime"):
         if importlib.util.find_spec(name):
             importlib.import_module(name)
+    gc.collect()
+    gc.freeze()  # the collector then never touches (and so copies) the objects the processes share
 
 
 class _Supervisor:
