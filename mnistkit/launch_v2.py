@@ -86,7 +86,7 @@ class BodyGuard:
         self.app, self.max_body = app, max_body
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
@@ -96,29 +96,19 @@ class BodyGuard:
             return await _json_error(send, 413, self._too_large(int(length)))
         if length is not None and encoding == b"identity":
             return await self.app(scope, receive, send)  # the server enforces Content-Length
-        body = await self._read(receive)
+        body = await self._read(receive)  # chunked, or compressed: read it here, bounded
         if body is None:
             await self._drain(receive)
             return await _json_error(send, 413, self._too_large())
         if encoding != b"identity":
             if encoding not in (b"gzip", b"x-gzip"):
-                return await _json_error(
-                    send,
-                    415,
-                    f"Content-Encoding {encoding.decode(errors='replace')!r} is not supported; use gzip or none",
-                )
+                name = encoding.decode(errors="replace")
+                return await _json_error(send, 415, f"Content-Encoding {name!r} is not supported; use gzip or none")
             unzipped = self._gunzip(body)
             if unzipped is None:
                 return await _json_error(send, 413, self._too_large(what="once decompressed"))
-            body, scope = (
-                unzipped,
-                {
-                    **scope,
-                    "headers": [
-                        (k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")
-                    ],
-                },
-            )
+            drop = (b"content-encoding", b"content-length")
+            body, scope = unzipped, {**scope, "headers": [(k, v) for k, v in scope["headers"] if k not in drop]}
         await self.app(scope, _replay(body), send)
 
     def _too_large(self, size: int | None = None, what: str = "") -> str:

@@ -244,3 +244,11 @@ def test_serving_v2_all_is_what_it_defines():
         "and v.__module__ == m.__name__}; assert d == set(m.__all__), (d, m.__all__)"
     )
     subprocess.run([mlserver_python(), "-c", code], check=True)
+
+
+def test_debug_is_off_no_access_log_and_no_debug_lines(v2, digits):
+    """MLServer defaults to debug (access log, DEBUG logging, tracebacks in 500s); the launcher turns it off."""
+    assert request(v2.url + INFER, body=pixels_input(digits[0].reshape(-1).tolist(), [1, 784]))[0] == 200
+    log = v2.log()
+    assert "Loaded model 'mnist' successfully" in log  # the log is there, and it is quiet
+    assert "POST /v2/models/mnist/infer" not in log and " DEBUG " not in log

@@ -25,7 +25,7 @@ class DefaultGroup(click.Group):
 
 @click.group(cls=DefaultGroup, context_settings=CONTEXT)
 def main() -> None:
-    """Package a trained model as a Seldon Core (v1) or MLServer (V2) image, push it, write cluster resources.
+    """Package a trained model as a Seldon Core image (v1) or an MLServer image (V2), push it, write cluster resources.
 
     \b
       mnistkit-build SOURCE --image NAME:TAG [--smoke-test] [--push]
