@@ -252,3 +252,48 @@ def test_debug_is_off_no_access_log_and_no_debug_lines(v2, digits):
     log = v2.log()
     assert "Loaded model 'mnist' successfully" in log  # the log is there, and it is quiet
     assert "POST /v2/models/mnist/infer" not in log and " DEBUG " not in log
+
+
+GRPC = """
+import json, sys
+import grpc
+from mlserver.grpc import dataplane_pb2 as pb, dataplane_pb2_grpc as pbg
+
+address, pixels, png = sys.argv[1], json.loads(sys.argv[2]), open(sys.argv[3], "rb").read()
+stub = pbg.GRPCInferenceServiceStub(grpc.insecure_channel(address))
+Tensor, Contents = pb.ModelInferRequest.InferInputTensor, pb.InferTensorContents
+answers = []
+for tensor in (
+    Tensor(name="pixels", datatype="INT32", shape=[1, 784], contents=Contents(int_contents=pixels)),
+    Tensor(name="images", datatype="BYTES", shape=[1], contents=Contents(bytes_contents=[png])),
+):
+    r = stub.ModelInfer(pb.ModelInferRequest(model_name="mnist", inputs=[tensor]))
+    out = {o.name: o for o in r.outputs}
+    answers.append({"probabilities": list(out["probabilities"].contents.fp32_contents),
+                    "digits": list(out["digits"].contents.int64_contents)})
+try:
+    stub.ModelInfer(pb.ModelInferRequest(model_name="mnist", inputs=[Tensor(name="x", datatype="INT32", shape=[1])]))
+except grpc.RpcError as e:
+    answers.append({"code": e.code().name, "details": e.details()})
+print(json.dumps(answers))
+"""
+
+
+def test_grpc_answers_like_rest_on_the_shared_port(v2, predictor, digits, tmp_path):
+    """MLServer's gRPC data plane (both processes bind MLSERVER_GRPC_PORT) runs the same rules:
+    INT32 pixels, raw PNG bytes (gRPC carries bytes, no base64), and a refused input."""
+    import subprocess
+
+    (tmp_path / "grpc_client.py").write_text(GRPC)
+    (tmp_path / "d.png").write_bytes(png(digits[0]))
+    args = [f"127.0.0.1:{v2.grpc_port}", json.dumps(digits[0].reshape(-1).tolist()), str(tmp_path / "d.png")]
+    proc = subprocess.run(
+        [mlserver_python(), str(tmp_path / "grpc_client.py"), *args], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    as_pixels, as_png, refused = json.loads(proc.stdout)
+    want = predictor.predict(digits[:1].astype(np.float32))
+    for answer in (as_pixels, as_png):
+        assert np.abs(np.asarray(answer["probabilities"]) - want[0]).max() < 1e-5
+        assert answer["digits"] == [int(want.argmax())]
+    assert refused["code"] == "INVALID_ARGUMENT" and "named 'pixels'" in refused["details"]
