@@ -35,6 +35,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import ConfigError, MnistkitError, ServingError
 from .settings import settings
 
 __all__ = ["LaunchConfig", "BodyGuard", "main"]
@@ -66,6 +67,8 @@ class LaunchConfig:
         env = os.environ if environ is None else environ
         s = settings(env)
         port = env.get("MLSERVER_HTTP_PORT") or env.get("PORT") or "8080"
+        if not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ConfigError(f"the HTTP port {port!r} (MLSERVER_HTTP_PORT, else PORT) is not a port number")
         return cls(folder, env.get("MLSERVER_HOST") or "0.0.0.0", int(port), max(1, s.processes), s.max_body)
 
 
@@ -241,7 +244,11 @@ def _bind(cfg: LaunchConfig) -> socket.socket:
     family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((cfg.host, cfg.port))
+    try:
+        sock.bind((cfg.host, cfg.port))
+    except OSError as e:
+        sock.close()
+        raise ServingError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror}") from None
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -317,10 +324,14 @@ def main(argv: list[str] | None = None) -> int:
     mnistkit_log.setLevel(logging.INFO)
     for key, value in SERVER_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    cfg = LaunchConfig.from_env(args[0] if args else ".")
+    try:
+        cfg = LaunchConfig.from_env(args[0] if args else ".")
+        sock = _bind(cfg)
+    except MnistkitError as e:  # a wrong setting: one line, no traceback
+        log.error("%s", e)
+        return 2
     if cfg.processes > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnistkit-metrics-")
-    sock = _bind(cfg)
     _preload()
     supervisor = _Supervisor(cfg, sock)
     signal.signal(signal.SIGTERM, supervisor.stop)

@@ -297,3 +297,34 @@ def test_grpc_answers_like_rest_on_the_shared_port(v2, predictor, digits, tmp_pa
         assert np.abs(np.asarray(answer["probabilities"]) - want[0]).max() < 1e-5
         assert answer["digits"] == [int(want.argmax())]
     assert refused["code"] == "INVALID_ARGUMENT" and "named 'pixels'" in refused["details"]
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"MLSERVER_HTTP_PORT": "http"}, "is not a port number"),
+        ({"MLSERVER_HTTP_PORT": "", "PORT": "99999"}, "is not a port number"),
+        ({"MNISTKIT_PROCESSES": "two"}, "MNISTKIT_PROCESSES='two' is not a valid int"),
+        ({"MLSERVER_HTTP_PORT": "{busy}"}, "Address already in use"),
+    ],
+    ids=["port not a number", "PORT out of range", "processes not a number", "port in use"],
+)
+def test_the_launcher_refuses_bad_settings_in_one_line(tmp_path, env, says):
+    import socket
+    import subprocess
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        env = {k: v.replace("{busy}", port) for k, v in env.items()}
+        full = {**os.environ, "MLSERVER_HOST": "127.0.0.1", **env}
+        proc = subprocess.run(
+            [mlserver_python(), "-m", "mnistkit.launch_v2", str(tmp_path)],
+            env=full,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
