@@ -1,8 +1,10 @@
-"""One call: a trained run (or the best of a group) -> a Seldon image, tested and pushed.
+"""One call: a trained run (or the best of a group) -> a model image, tested and pushed.
 
 ``build_model(BuildConfig(...))`` resolves the model, writes the s2i source folder,
 builds by the s2i contract over the docker SDK (or the real ``s2i`` binary on request),
-labels the image with its provenance, optionally smoke-tests it and pushes it.
+labels the image with its provenance, optionally smoke-tests it and pushes it. ``server``
+picks what serves it: ``seldon`` (the v1 protocol, seldon-core-microservice) or
+``mlserver`` (the Open Inference Protocol V2, for KServe and Seldon ``protocol: v2``).
 """
 
 from __future__ import annotations
@@ -24,9 +26,12 @@ from .s2i import image_labels, make_source_folder, s2i_binary_build, s2i_build
 from .source import ModelSource, resolve_source
 from .verify import smoke_test
 
-__all__ = ["BuildConfig", "BuildSummary", "build_model", "default_image_name"]
+__all__ = ["SERVERS", "BuildConfig", "BuildSummary", "build_model", "default_image_name"]
 
 log = logging.getLogger(__name__)
+
+#: what serves a model image -> the kind of its s2i builder
+SERVERS = {"seldon": "seldon-torch", "mlserver": "mlserver-torch"}
 
 
 @dataclass(frozen=True)
@@ -43,8 +48,11 @@ class BuildConfig:
     password: str | None = field(default=None, repr=False)
     work_dir: str | None = None  # where the source folder and wheel cache go
     reuse: bool = False  # keep an existing image of the same model and builder instead of rebuilding
+    server: str = "seldon"  # seldon (v1 protocol) or mlserver (V2)
 
     def validate(self) -> "BuildConfig":
+        if self.server not in SERVERS:
+            raise ConfigError(f"unknown server {self.server!r}; use one of {', '.join(SERVERS)}")
         if self.image is not None:
             ref = ImageRef.parse(self.image)
             if ref.digest:
@@ -96,9 +104,7 @@ def _build_model(
 ) -> BuildSummary:
     work = Path(config.work_dir or tempfile.gettempdir())
     if config.source_only:
-        folder = make_source_folder(
-            source, config.source_only, model_name=config.model_name, wheel_cache=work / "wheels"
-        )
+        folder = _source_folder(config, source, Path(config.source_only), work)
         log.info("wrote the s2i source folder %s", folder)
         return BuildSummary(image=image, source=str(folder), artifact_sha256=source.sha256)
     credentials: Credentials | None = None
@@ -110,7 +116,8 @@ def _build_model(
         from ..local.dockerd import mnistkit_home
         from .builder_image import ensure_image
 
-        config = replace(config, builder=ensure_image(client, "seldon-torch", cache_dir=cache_dir or mnistkit_home()))
+        kind = SERVERS[config.server]
+        config = replace(config, builder=ensure_image(client, kind, cache_dir=cache_dir or mnistkit_home()))
     assert config.builder is not None
     _have_builder(client, config)
     built = _reusable(client, image, source.sha256, config.builder) if config.reuse else None
@@ -127,10 +134,15 @@ def _build(config: BuildConfig, client: Any, source: ModelSource, image: str, wo
     work.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=work, prefix="s2i-"))
     try:
-        folder = make_source_folder(source, tmp / "src", model_name=config.model_name, wheel_cache=work / "wheels")
+        folder = _source_folder(config, source, tmp / "src", work)
         builder_id = _image_id(client, builder) or ""
         labels = image_labels(source, image, builder, _builder_digest(client, builder))
         labels["io.mnistkit.builder.id"] = builder_id
+        labels["io.mnistkit.server"] = config.server
+        if config.server == "mlserver":
+            labels["org.opencontainers.image.description"] = (
+                "MNIST digit classifier served by MLServer, Open Inference Protocol V2 (mnistkit)"
+            )
         if config.use_s2i:
             started = time.monotonic()
             s2i_binary_build(folder, image, builder)
@@ -145,6 +157,14 @@ def _build(config: BuildConfig, client: Any, source: ModelSource, image: str, wo
     return BuildSummary(
         image=image, image_id=image_id, size=size, build_seconds=seconds, artifact_sha256=source.sha256, labels=labels
     )
+
+
+def _source_folder(config: BuildConfig, source: ModelSource, dest: Path, work: Path) -> Path:
+    if config.server == "mlserver":
+        from .s2i_v2 import make_v2_source_folder
+
+        return make_v2_source_folder(source, dest, wheel_cache=work / "wheels")
+    return make_source_folder(source, dest, model_name=config.model_name, wheel_cache=work / "wheels")
 
 
 def _have_builder(client: Any, config: BuildConfig) -> None:
@@ -209,7 +229,11 @@ def _verify_and_push(
     config: BuildConfig, client: Any, source: ModelSource, built: BuildSummary, credentials: Credentials | None
 ) -> BuildSummary:
     smoke = None
-    if config.smoke_test:
+    if config.smoke_test and config.server == "mlserver":
+        from .verify_v2 import smoke_test_v2
+
+        smoke = smoke_test_v2(client, built.image, source)
+    elif config.smoke_test:
         smoke = smoke_test(client, built.image, source)
         log.info(
             "smoke test passed: %d digits, predictions equal the model's (max difference %.1e)",
