@@ -7,11 +7,13 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.mnistkit-installed
 TOOLS := .venv-tools
 TOOLS_STAMP := $(TOOLS)/.installed
+MLS := .venv-mlserver
+MLS_STAMP := $(MLS)/.installed
 export MNISTKIT_HOME ?= $(CURDIR)/.mnistkit
 APT_PACKAGES := docker.io docker-registry apache2-utils nginx-light debootstrap wrk
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench system venv lock clean typecheck lint
+.PHONY: demo test bench system venv lock lock-mlserver clean typecheck lint
 
 demo: system venv
 	$(BIN)/mnistkit-pipeline $(DEMO_ARGS)
@@ -23,6 +25,7 @@ bench: system venv
 	$(BIN)/python benchmarks/train_bench.py
 	$(BIN)/python benchmarks/search_bench.py
 	$(BIN)/python benchmarks/serve_bench.py
+	MNISTKIT_HOME=$(MNISTKIT_HOME) $(BIN)/python benchmarks/v2_bench.py
 
 typecheck: venv
 	$(BIN)/python -m mypy mnistkit
@@ -41,7 +44,16 @@ system:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-venv: $(STAMP) $(TOOLS_STAMP)
+venv: $(STAMP) $(TOOLS_STAMP) $(MLS_STAMP)
+
+# MLServer 1.7 (the V2 server) needs protobuf>=5, which seldon-core 1.17.1 forbids: its own venv,
+# with mnistkit installed from this checkout (the tests start `python -m mnistkit.launch_v2` from it)
+$(MLS_STAMP): requirements-mlserver.lock pyproject.toml
+	test -x $(MLS)/bin/python || $(PYTHON) -m venv $(MLS)
+	$(MLS)/bin/python -m pip install -q --disable-pip-version-check -r requirements-mlserver.lock 2>&1 | grep -v "^WARNING: Location" || true
+	$(MLS)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
+	$(MLS)/bin/python -c "import mlserver, httptools, tritonclient.http, mnistkit.serving_v2"
+	touch $(MLS_STAMP)
 
 # kubernetes-validate needs jsonschema>=4, which seldon-core 1.17.1 forbids: its own venv
 $(TOOLS_STAMP): requirements-tools.lock
@@ -60,5 +72,10 @@ lock: venv
 	{ echo "# Versions seen to install and work together on Debian 12 / Python 3.11 (pip -c this file)."; \
 	  echo "# Regenerate with: make lock"; $(BIN)/pip freeze --exclude-editable; } > requirements.lock
 
+lock-mlserver: $(MLS_STAMP)
+	{ echo "# The MLServer venv (.venv-mlserver): MLServer 1.7.1 needs protobuf>=5, which seldon-core 1.17.1 forbids,"; \
+	  echo "# so it cannot share .venv. Versions seen to install and work together (Debian 12 / Python 3.11)."; \
+	  echo "# Regenerate with: make lock-mlserver"; $(MLS)/bin/pip freeze --exclude-editable; } > requirements-mlserver.lock
+
 clean:
-	rm -rf $(VENV) $(TOOLS) runs
+	rm -rf $(VENV) $(TOOLS) $(MLS) runs

@@ -1,12 +1,17 @@
-"""The Seldon REST client: images or arrays in, digits out. No torch, no docker.
+"""The REST client, Seldon v1 and V2 (Open Inference Protocol): images or arrays in, digits
+out. No torch, no docker.
 
-Sends raw pixels 0..255 exactly as the 2018 client did (``data.tensor`` with the
-flattened image), or ``data.ndarray``, or the encoded image as ``binData``; several
-images go as one batched request. Routes::
+v1 sends raw pixels 0..255 exactly as the 2018 client did (``data.tensor`` with the
+flattened image), or ``data.ndarray``, or the encoded image as ``binData``; V2 sends them as
+an INT32 ``pixels`` tensor or as base64 ``images`` (BYTES). Several images go as one
+batched request. Routes::
 
-    ambassador       /seldon/<namespace>/<deployment>/api/v1.0/predictions   (Seldon Core 1.x)
-    ambassador-v0.1  /seldon/<deployment>/api/v0.1/predictions               (the 2018 route)
-    direct           /api/v1.0/predictions                                   (a microservice)
+    v1  ambassador       /seldon/<namespace>/<deployment>/api/v1.0/predictions   (Seldon Core 1.x)
+        ambassador-v0.1  /seldon/<deployment>/api/v0.1/predictions               (the 2018 route)
+        direct           /api/v1.0/predictions                                   (a microservice)
+    V2  seldon           /seldon/<namespace>/<deployment>/v2/models/<model>/infer (protocol: v2)
+        kserve           /v2/models/<model>/infer, Host: <deployment>.<namespace>.example.com
+        direct           /v2/models/<model>/infer                                (the server itself)
 """
 
 from __future__ import annotations
@@ -30,7 +35,10 @@ from .pixels import BadInput, as_batch, decode_image, encode_png
 
 __all__ = [
     "ROUTES",
+    "ROUTES_V2",
+    "PROTOCOLS",
     "PAYLOADS",
+    "PAYLOADS_V2",
     "Endpoint",
     "QueryConfig",
     "Input",
@@ -49,7 +57,16 @@ ROUTES = {
     "ambassador-v0.1": "/seldon/{deployment}/api/v0.1/predictions",
     "direct": "/api/v1.0/predictions",
 }
+ROUTES_V2 = {
+    "seldon": "/seldon/{namespace}/{deployment}/v2/models/{model}/infer",
+    "kserve": "/v2/models/{model}/infer",
+    "direct": "/v2/models/{model}/infer",
+}
+PROTOCOLS = ("v1", "v2")
 PAYLOADS = ("tensor", "ndarray", "binData")
+PAYLOADS_V2 = ("pixels", "images")
+#: KServe's default ingress domain (its ``ingress.ingressDomain`` and Knative's ``config-domain`` in the quick start)
+KSERVE_DOMAIN = "example.com"
 
 
 @dataclass(frozen=True)
@@ -60,30 +77,53 @@ class Endpoint:
     host: str = "localhost:8003"
     deployment: str = "mnist"
     namespace: str = "seldon"
-    route: str = "ambassador"
+    route: str | None = None  # default: ambassador (v1), seldon (V2)
     url: str | None = None  # a full URL overrides everything else
+    protocol: str = "v1"  # v1 (Seldon) or v2 (Open Inference Protocol)
+    model: str = "mnist"  # the V2 model name
+    host_header: str | None = None  # V2 kserve route: default <deployment>.<namespace>.example.com
 
     def predictions_url(self) -> str:
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"unknown protocol {self.protocol!r}; use v1 or v2")
+        routes = ROUTES_V2 if self.protocol == "v2" else ROUTES
+        route = self.route or ("seldon" if self.protocol == "v2" else "ambassador")
+        if route not in routes:
+            raise ConfigError(f"route {route!r} is not a {self.protocol} route; use one of {', '.join(routes)}")
         if self.url:
             return self.url
-        if self.route not in ROUTES:
-            raise ConfigError(f"unknown route {self.route!r}; use one of {', '.join(ROUTES)}")
         host = self.host if "://" in self.host else f"http://{self.host}"
-        return host.rstrip("/") + ROUTES[self.route].format(namespace=self.namespace, deployment=self.deployment)
+        path = routes[route].format(namespace=self.namespace, deployment=self.deployment, model=self.model)
+        return host.rstrip("/") + path
+
+    def headers(self) -> dict[str, str]:
+        """Extra request headers: the Host that KServe's ingress routes by."""
+        if self.host_header:
+            return {"Host": self.host_header}
+        if self.protocol == "v2" and self.route == "kserve":
+            return {"Host": f"{self.deployment}.{self.namespace}.{KSERVE_DOMAIN}"}
+        return {}
 
 
 @dataclass(frozen=True)
 class QueryConfig:
     endpoint: Endpoint = field(default_factory=Endpoint)
-    payload: str = "tensor"
+    payload: str | None = None  # default: tensor (v1), pixels (V2)
     batch: bool = True
     timeout: float = 10.0
     retries: int = 3
     backoff: float = 0.5
 
+    @property
+    def payload_kind(self) -> str:
+        return self.payload or ("pixels" if self.endpoint.protocol == "v2" else "tensor")
+
     def validate(self) -> "QueryConfig":
-        if self.payload not in PAYLOADS:
-            raise ConfigError(f"unknown payload {self.payload!r}; use one of {', '.join(PAYLOADS)}")
+        allowed = PAYLOADS_V2 if self.endpoint.protocol == "v2" else PAYLOADS
+        if self.payload_kind not in allowed:
+            raise ConfigError(
+                f"payload {self.payload_kind!r} is not a {self.endpoint.protocol} payload; use one of {', '.join(allowed)}"
+            )
         if self.timeout <= 0 or self.retries < 0:
             raise ConfigError("--timeout must be positive and --retries at least 0")
         self.endpoint.predictions_url()
@@ -206,7 +246,10 @@ def parse_probabilities(response: dict[str, Any]) -> np.ndarray:
 
 def _error_text(body: bytes) -> str:
     try:
-        status = json.loads(body).get("status", {})
+        answer = json.loads(body)
+        if isinstance(answer.get("error"), str):  # V2: {"error": "..."}
+            return str(answer["error"])
+        status = answer.get("status", {})
         info = status.get("info") or status.get("reason")
         if info:
             return str(info)
@@ -221,7 +264,13 @@ def _error_text(body: bytes) -> str:
 
 
 def post_json(
-    url: str, payload: dict[str, Any], *, timeout: float = 10.0, retries: int = 3, backoff: float = 0.5
+    url: str,
+    payload: dict[str, Any],
+    *,
+    timeout: float = 10.0,
+    retries: int = 3,
+    backoff: float = 0.5,
+    headers: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """POST JSON; retry connection errors and 503 with exponential backoff.
 
@@ -230,7 +279,9 @@ def post_json(
     body = json.dumps(payload).encode()
     attempt = 0
     while True:
-        req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"}, method="POST")
+        req = urllib.request.Request(
+            url, data=body, headers={"Content-Type": "application/json", **(headers or {})}, method="POST"
+        )
         try:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 raw = r.read()
@@ -257,21 +308,42 @@ def post_json(
         time.sleep(delay)
 
 
+def _v2_request(group: Sequence[Input], kind: str) -> dict[str, Any]:
+    from .protocol_v2 import images_request, pixels_request
+
+    if kind == "images":
+        return images_request([i.encoded or encode_png(i.pixels) for i in group])
+    return pixels_request(np.stack([np.asarray(i.pixels) for i in group]))  # INT32 [n, 784]
+
+
+def _answer(response: dict[str, Any], protocol: str) -> np.ndarray:
+    if protocol != "v2":
+        return parse_probabilities(response)
+    from .protocol_v2 import read_outputs
+
+    try:
+        return read_outputs(response)[0]
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        raise QueryError(f"the endpoint's answer is not a V2 prediction of 10 classes ({e})") from None
+
+
 def predict(inputs: Sequence[Input], config: QueryConfig | None = None) -> list[Prediction]:
     """Send ``inputs`` and decode each answer: digit, probability and runner-up."""
     config = (config or QueryConfig()).validate()
-    url = config.endpoint.predictions_url()
-    groups = [list(inputs)] if config.batch and config.payload != "binData" else [[i] for i in inputs]
+    url, kind, protocol = config.endpoint.predictions_url(), config.payload_kind, config.endpoint.protocol
+    groups = [list(inputs)] if config.batch and kind != "binData" else [[i] for i in inputs]
     out: list[Prediction] = []
     for group in groups:
+        body = _v2_request(group, kind) if protocol == "v2" else build_payload(group, kind)
         response = post_json(
             url,
-            build_payload(group, config.payload),
+            body,
             timeout=config.timeout,
             retries=config.retries,
             backoff=config.backoff,
+            headers=config.endpoint.headers(),
         )
-        probs = parse_probabilities(response)
+        probs = _answer(response, protocol)
         if len(probs) != len(group):
             raise QueryError(f"sent {len(group)} images but got {len(probs)} predictions back")
         for item, p in zip(group, probs, strict=False):

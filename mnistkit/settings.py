@@ -39,6 +39,7 @@ class Settings:
     model: str = _var("model", "Served model folder (in an image: /microservice/model).")
     runtime: str = _var("auto", "Serving runtime: auto (ONNX when the model has one), onnx or torch.")
     threads: int = _var(1, "Threads per serving process.")
+    processes: int = _var(2, "MLServer processes sharing the HTTP port in a V2 image (mnistkit.launch_v2).")
     max_batch: int = _var(256, "Most images in one prediction request.")
     max_body: int = _var(4 * 1024 * 1024, "Largest request body in bytes (413 above it).")
     max_image_pixels: int = _var(4096 * 4096, "Largest encoded image (width x height) a server decodes.")

@@ -80,6 +80,7 @@ def test_no_import_cycles():
         "mnistkit.client",
         "mnistkit.imageref",
         "mnistkit.pixels",
+        "mnistkit.protocol_v2",
         "mnistkit.cli.query",
     ],
 )

@@ -1,13 +1,14 @@
 """The images mnistkit builds its model images with (and the ones the cluster files name).
 
-``KINDS`` lists them: the s2i builders that serve with seldon-core (``seldon-onnx``, the
-default, on ONNX Runtime; ``seldon-torch`` on torch), the build tool the
-Argo step runs, and the training image the Polyaxon trials run. Each is made offline:
+``KINDS`` lists them: the s2i builders that serve with seldon-core (the v1 protocol:
+``seldon-onnx``, the default, on ONNX Runtime; ``seldon-torch`` on torch) and with MLServer
+(V2, its own venv and constraints: protobuf >= 5), the build tool the Argo step runs, and the
+training image the Polyaxon trials run. Each is made offline:
 
 * ``make_base_image`` — debootstrap of Debian bookworm (Python 3.11) from the Debian mirror
   this machine's apt already uses, imported as an image; no registry is contacted;
 * ``make_wheelhouse`` — the kind's pinned requirements (``docker/requirements-<kind>.txt``
-  under ``docker/constraints.txt``), downloaded on the host because builds have no
+  under the kind's ``docker/constraints*.txt``), downloaded on the host because builds have no
   network, plus mnistkit's own wheel for the kinds that run mnistkit;
 * ``build_kind`` — ``docker/Dockerfile.<kind>`` built over the docker SDK with the
   wheelhouse served on loopback, so no wheel ends up in a layer.
@@ -75,6 +76,8 @@ class ImageKind:
     description: str
     with_mnistkit: bool = False  # the image runs mnistkit itself (not only what a model image needs)
     with_torch: bool = False  # adds settings().image_torch to the requirements
+    constraints: str = "constraints.txt"  # the pins every pip install in the image follows
+    scripts: str = "s2i"  # package folder whose bin/ holds the image's s2i scripts
 
     @property
     def dockerfile(self) -> str:
@@ -93,6 +96,14 @@ KINDS: dict[str, ImageKind] = {
         ),
         ImageKind(
             "seldon-torch", "mnistkit/builder", "s2i builder: seldon-core 1.17.1 with CPU torch", with_torch=True
+        ),
+        ImageKind(
+            "mlserver-torch",
+            "mnistkit/builder",
+            "s2i builder for V2 images: MLServer 1.7.1 with CPU torch",
+            with_torch=True,
+            constraints="constraints-mlserver.txt",
+            scripts="s2i-mlserver",
         ),
         ImageKind(
             "tool",
@@ -115,8 +126,8 @@ def _docker_files() -> Path:
     return Path(str(files("mnistkit") / "build" / "docker"))
 
 
-def _s2i_files() -> Path:
-    return Path(str(files("mnistkit") / "build" / "s2i" / "bin"))
+def _s2i_files(kind: ImageKind) -> Path:
+    return Path(str(files("mnistkit") / "build" / kind.scripts / "bin"))
 
 
 def debian_mirror(suite: str = "bookworm") -> str:
@@ -209,8 +220,8 @@ def image_digest(kind: ImageKind, base: str = BASE_IMAGE) -> str:
     h = hashlib.sha256(f"{kind.name}\0{base}\0{_requirements(kind)}\0".encode())
     for path in [
         _docker_files() / kind.dockerfile,
-        _docker_files() / "constraints.txt",
-        *sorted(_s2i_files().iterdir()),
+        _docker_files() / kind.constraints,
+        *sorted(_s2i_files(kind).iterdir()),
     ]:
         h.update(path.name.encode() + b"\0" + path.read_bytes())
     if kind.with_mnistkit:
@@ -226,7 +237,7 @@ def image_tag(kind: ImageKind, base: str = BASE_IMAGE) -> str:
 def make_wheelhouse(kind: ImageKind, cache_dir: Path) -> Path:
     """Download every wheel an image of ``kind`` needs into a folder keyed by its requirements."""
     requirements = _requirements(kind)
-    key = hashlib.sha256((requirements + (_docker_files() / "constraints.txt").read_text()).encode()).hexdigest()[:16]
+    key = hashlib.sha256((requirements + (_docker_files() / kind.constraints).read_text()).encode()).hexdigest()[:16]
     dest = Path(cache_dir) / "wheelhouse" / f"{kind.name}-{key}"
     if not (dest / ".complete").exists():
         log.info("preparing the wheelhouse for %s in %s", kind.name, dest)
@@ -247,7 +258,7 @@ def make_wheelhouse(kind: ImageKind, cache_dir: Path) -> Path:
                 "-w",
                 str(dest),
                 "-c",
-                str(_docker_files() / "constraints.txt"),
+                str(_docker_files() / kind.constraints),
                 "-r",
                 str(dest / "requirements.txt"),
             ],
@@ -289,7 +300,7 @@ def _context(kind: ImageKind, requirements: Path) -> bytes:
         for arcname, path, mode in [
             ("Dockerfile", _docker_files() / kind.dockerfile, 0o644),
             ("requirements.txt", requirements, 0o644),
-            *((f"s2i/bin/{p.name}", p, 0o755) for p in sorted(_s2i_files().iterdir())),
+            *((f"s2i/bin/{p.name}", p, 0o755) for p in sorted(_s2i_files(kind).iterdir())),
         ]:
             data = path.read_bytes()
             info = tarfile.TarInfo(arcname)

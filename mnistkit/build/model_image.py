@@ -1,8 +1,10 @@
-"""One call: a trained run (or the best of a group) -> a Seldon image, tested and pushed.
+"""One call: a trained run (or the best of a group) -> a model image, tested and pushed.
 
 ``build_model(BuildConfig(...))`` resolves the model, writes the s2i source folder,
 builds by the s2i contract over the docker SDK (or the real ``s2i`` binary on request),
-labels the image with its provenance, optionally smoke-tests it and pushes it.
+labels the image with its provenance, optionally smoke-tests it and pushes it. ``server``
+picks what serves it: ``seldon`` (the v1 protocol, seldon-core-microservice) or
+``mlserver`` (the Open Inference Protocol V2, for KServe and Seldon ``protocol: v2``).
 """
 
 from __future__ import annotations
@@ -24,13 +26,32 @@ from .s2i import image_labels, make_source_folder, s2i_binary_build, s2i_build
 from .source import ModelSource, resolve_source
 from .verify import smoke_test
 
-__all__ = ["BuildConfig", "BuildSummary", "RUNTIMES", "DEFAULT_RUNTIME", "build_model", "default_image_name"]
+__all__ = [
+    "SERVERS",
+    "RUNTIMES",
+    "DEFAULT_RUNTIME",
+    "BuildConfig",
+    "BuildSummary",
+    "build_model",
+    "builder_kind",
+    "default_image_name",
+]
 
-#: What an image serves with; each has its builder kind ``seldon-<runtime>``.
+log = logging.getLogger(__name__)
+
+#: what serves a model image -> the runtimes it has builders for (kind ``<server>-<runtime>``)
+SERVERS = {"seldon": ("onnx", "torch"), "mlserver": ("torch",)}
+#: what runs the network in an image: ONNX Runtime (model.onnx exported at build time, no torch) or torch
 RUNTIMES = ("onnx", "torch")
 DEFAULT_RUNTIME = "onnx"
 
-log = logging.getLogger(__name__)
+
+def builder_kind(server: str, runtime: str | None) -> str:
+    """The builder kind for ``server`` and ``runtime`` (None: the server's first, ONNX where it has it)."""
+    runtimes = SERVERS[server]
+    if runtime is not None and runtime not in runtimes:
+        raise ConfigError(f"--runtime {runtime}: {server} images serve {' or '.join(runtimes)}")
+    return f"{server}-{runtime or runtimes[0]}"
 
 
 @dataclass(frozen=True)
@@ -47,17 +68,21 @@ class BuildConfig:
     password: str | None = field(default=None, repr=False)
     work_dir: str | None = None  # where the source folder and wheel cache go
     reuse: bool = False  # keep an existing image of the same model and builder instead of rebuilding
+    server: str = "seldon"  # seldon (v1 protocol) or mlserver (V2)
     # onnx: model.onnx exported here, served by ONNX Runtime, no torch; torch: today's image.
-    # None: what the builder serves (its io.mnistkit.builder.kind label), else onnx
+    # None: what the builder serves (its io.mnistkit.builder.kind label), else the server's default
     runtime: str | None = None
 
     def validate(self) -> "BuildConfig":
+        if self.server not in SERVERS:
+            raise ConfigError(f"unknown server {self.server!r}; use one of {', '.join(SERVERS)}")
         if self.image is not None:
             ref = ImageRef.parse(self.image)
             if ref.digest:
                 raise ConfigError(f"--image {self.image!r} names a digest; give a tag to build (NAME:TAG)")
         if self.runtime is not None and self.runtime not in RUNTIMES:
             raise ConfigError(f"--runtime {self.runtime!r}: use one of {', '.join(RUNTIMES)}")
+        builder_kind(self.server, self.runtime)  # a runtime the server has no builder for
         if self.password is not None and not self.username:
             raise ConfigError("a password was given without --username")
         return self
@@ -105,10 +130,9 @@ def _build_model(
 ) -> BuildSummary:
     work = Path(config.work_dir or tempfile.gettempdir())
     if config.source_only:
-        folder = make_source_folder(
-            source, config.source_only, model_name=config.model_name, wheel_cache=work / "wheels"
-        )
-        _add_runtime(replace(config, runtime=config.runtime or DEFAULT_RUNTIME), folder)
+        runtime = builder_kind(config.server, config.runtime).rpartition("-")[2]
+        folder = _source_folder(config, source, Path(config.source_only), work)
+        _add_runtime(replace(config, runtime=runtime), folder)
         log.info("wrote the s2i source folder %s", folder)
         return BuildSummary(image=image, source=str(folder), artifact_sha256=source.sha256)
     credentials: Credentials | None = None
@@ -120,9 +144,9 @@ def _build_model(
         from ..local.dockerd import mnistkit_home
         from .builder_image import ensure_image
 
-        runtime = config.runtime or DEFAULT_RUNTIME
-        builder = ensure_image(client, f"seldon-{runtime}", cache_dir=cache_dir or mnistkit_home())
-        config = replace(config, builder=builder, runtime=runtime)
+        kind = builder_kind(config.server, config.runtime)
+        builder = ensure_image(client, kind, cache_dir=cache_dir or mnistkit_home())
+        config = replace(config, builder=builder, runtime=kind.rpartition("-")[2])
     assert config.builder is not None
     _have_builder(client, config)
     config = replace(config, runtime=_builder_runtime(client, config))
@@ -141,11 +165,16 @@ def _build(config: BuildConfig, client: Any, source: ModelSource, image: str, wo
     work.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=work, prefix="s2i-"))
     try:
-        folder = make_source_folder(source, tmp / "src", model_name=config.model_name, wheel_cache=work / "wheels")
+        folder = _source_folder(config, source, tmp / "src", work)
         builder_id = _image_id(client, builder) or ""
         labels = image_labels(source, image, builder, _builder_digest(client, builder))
         labels["io.mnistkit.builder.id"] = builder_id
         labels.update(_add_runtime(config, folder))
+        labels["io.mnistkit.server"] = config.server
+        if config.server == "mlserver":
+            labels["org.opencontainers.image.description"] = (
+                "MNIST digit classifier served by MLServer, Open Inference Protocol V2 (mnistkit)"
+            )
         if config.use_s2i:
             started = time.monotonic()
             s2i_binary_build(folder, image, builder)
@@ -196,13 +225,23 @@ def _builder_runtime(client: Any, config: BuildConfig) -> str:
         kind = str((client.images.get(config.builder).labels or {}).get("io.mnistkit.builder.kind", ""))
     except docker.errors.ImageNotFound:
         kind = ""  # the build says what to do
-    serves = kind.removeprefix("seldon-") if kind.startswith("seldon-") else None
+    server, _, serves = kind.partition("-")
+    if server not in SERVERS or serves not in RUNTIMES:
+        serves = ""  # not one of mnistkit's builders: it serves what it is asked to
     if config.runtime and serves and config.runtime != serves:
         raise ConfigError(
             f"--runtime {config.runtime}: the builder {config.builder} serves {serves}; "
-            f"use --runtime {serves} or a seldon-{config.runtime} builder"
+            f"use --runtime {serves} or a {config.server}-{config.runtime} builder"
         )
-    return config.runtime or serves or DEFAULT_RUNTIME
+    return config.runtime or serves or builder_kind(config.server, None).rpartition("-")[2]
+
+
+def _source_folder(config: BuildConfig, source: ModelSource, dest: Path, work: Path) -> Path:
+    if config.server == "mlserver":
+        from .s2i_v2 import make_v2_source_folder
+
+        return make_v2_source_folder(source, dest, wheel_cache=work / "wheels")
+    return make_source_folder(source, dest, model_name=config.model_name, wheel_cache=work / "wheels")
 
 
 def _have_builder(client: Any, config: BuildConfig) -> None:
@@ -267,7 +306,11 @@ def _verify_and_push(
     config: BuildConfig, client: Any, source: ModelSource, built: BuildSummary, credentials: Credentials | None
 ) -> BuildSummary:
     smoke = None
-    if config.smoke_test:
+    if config.smoke_test and config.server == "mlserver":
+        from .verify_v2 import smoke_test_v2
+
+        smoke = smoke_test_v2(client, built.image, source)
+    elif config.smoke_test:
         smoke = smoke_test(client, built.image, source)
         log.info(
             "smoke test passed: %d digits, predictions equal the model's (max difference %.1e)",

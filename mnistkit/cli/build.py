@@ -25,12 +25,13 @@ class DefaultGroup(click.Group):
 
 @click.group(cls=DefaultGroup, context_settings=CONTEXT)
 def main() -> None:
-    """Package a trained model as a Seldon Core image, push it, write cluster resources.
+    """Package a trained model as a Seldon Core image (v1) or an MLServer image (V2), push it, write cluster resources.
 
     \b
       mnistkit-build SOURCE --image NAME:TAG [--smoke-test] [--push]
-      mnistkit-build builder              build mnistkit's s2i builder image
+      mnistkit-build builder [--server mlserver]   build mnistkit's s2i builder image (v1 or V2)
       mnistkit-build manifests SOURCE     write SeldonDeployment, Argo Workflow, polyaxonfile, PVCs
+                                          (--server mlserver: V2, plus a KServe InferenceService)
 
     SOURCE is a run folder, a model folder, or a search group folder (its best trial).
     """
@@ -46,6 +47,14 @@ def _engine(docker_host: str | None, wait: float = 0) -> tuple[Any, Any]:
 @click.argument("source", type=click.Path())
 @click.option("--image", help="Image NAME:TAG (default mnistkit/mnist:<artifact sha256[:12]>).")
 @click.option("--builder", help="s2i builder image (default: mnistkit's, built here when missing).")
+@click.option(
+    "--server",
+    type=click.Choice(["seldon", "mlserver"]),
+    default="seldon",
+    show_default=True,
+    help="What serves the image: seldon (seldon-core-microservice, v1 protocol) or mlserver (MLServer, V2 "
+    "protocol, for KServe and Seldon protocol: v2).",
+)
 @click.option("--model-name", default="MnistModel", show_default=True, help="MODEL_NAME of the Seldon component.")
 @click.option(
     "--source-only",
@@ -126,7 +135,8 @@ def image_cmd(
     if manifests_dir and not summary.source:
         from ..manifests import manifests_for
 
-        written = [str(p) for p in manifests_for(source, manifests_dir, image=summary.reference or summary.image)]
+        image = summary.reference or summary.image
+        written = [str(p) for p in manifests_for(source, manifests_dir, image=image, server=config.server)]
     if as_json:
         click.echo(json.dumps({**summary.to_json(), "manifests": written}, indent=2))
     else:
@@ -175,6 +185,21 @@ def _manifest_options(f: Any) -> Any:
                 help="Registry of the builder, build-tool and training images (default: the model image's).",
             ),
             click.option("--storage-class", help="storageClassName of the PVCs (default: the cluster's)."),
+            click.option(
+                "--server",
+                type=click.Choice(["seldon", "mlserver"]),
+                default="seldon",
+                show_default=True,
+                help="What the image serves with; mlserver (V2) adds a KServe InferenceService and "
+                "sets the SeldonDeployment's protocol: v2.",
+            ),
+            click.option(
+                "--kserve-mode",
+                type=click.Choice(["Standard", "Knative"]),
+                default="Standard",
+                show_default=True,
+                help="The InferenceService's deployment mode (with --server mlserver).",
+            ),
         ]
     ):
         f = option(f)
@@ -206,8 +231,9 @@ def manifests_cmd(
     quiet: bool,
     **options: Any,
 ) -> None:
-    """Write SeldonDeployment, Argo Workflow, polyaxonfile and PVCs for SOURCE's model,
-    each checked against the real schemas before anything is written."""
+    """Write SeldonDeployment, Argo Workflow, polyaxonfile and PVCs for SOURCE's model (and, with
+    --server mlserver, a KServe InferenceService), each checked against the real schemas before
+    anything is written."""
     setup_logging(verbose, quiet)
     from ..manifests import manifests_for
 
@@ -219,10 +245,21 @@ def manifests_cmd(
 @click.option(
     "--kind",
     "kind_name",
-    type=click.Choice(["seldon-onnx", "seldon-torch", "tool", "train"]),
+    type=click.Choice(["seldon-onnx", "seldon-torch", "mlserver-torch", "tool", "train"]),
     default="seldon-onnx",
     show_default=True,
-    help="Which image: the s2i builder (ONNX Runtime or torch), the build tool (the Argo step) or the training image.",
+    help="Which image: an s2i builder (v1 on ONNX Runtime or torch, V2 on torch), the build tool (the Argo step) "
+    "or the training image.",
+)
+@click.option(
+    "--server",
+    type=click.Choice(["seldon", "mlserver"]),
+    help="The s2i builder for this server: seldon (v1 protocol) or mlserver (V2); sets --kind (with --runtime).",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(["onnx", "torch"]),
+    help="With --server: the builder for this runtime (default: the server's default, onnx for seldon).",
 )
 @click.option("--tool", is_flag=True, help="Same as --kind tool.")
 @click.option("--train", is_flag=True, help="Same as --kind train.")
@@ -238,6 +275,8 @@ def manifests_cmd(
 @errors_to_exit
 def builder_cmd(
     kind_name: str,
+    server: str | None,
+    runtime: str | None,
     tool: bool,
     train: bool,
     rebuild: bool,
@@ -255,34 +294,40 @@ def builder_cmd(
     inputs change. With --registry and --push it goes where the cluster files name it."""
     setup_logging(verbose, quiet)
     from ..build.builder_image import provide_image
-    from ..build.push import find_credentials, publish
     from ..errors import ConfigError
-    from ..imageref import ImageRef
-    from ..local.dockerd import engine_errors, mnistkit_home
+    from ..local.dockerd import mnistkit_home
 
     if push and not registry:
         raise ConfigError("--push needs --registry HOST[:PORT]")
+    if server:
+        from ..build.model_image import builder_kind
+
+        kind_name = builder_kind(server, runtime)
     kind = "tool" if tool else "train" if train else kind_name
     password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
     home = mnistkit_home()
     client, embedded = _engine(docker_host)
     try:
         built, size = provide_image(client, kind, cache_dir=home, rebuild=rebuild)
-        where = ""
-        if registry:
-            target = ImageRef(registry, ImageRef.parse(built).path, ImageRef.parse(built).tag)
-            if push:
-                where = (
-                    f" -> {publish(client, built, registry, find_credentials(target, username, password)).reference}"
-                )
-            else:
-                with engine_errors(f"tagging {target}"):
-                    client.images.get(built).tag(target.repository, target.tag_or_latest)
-                where = f" tagged {target}"
+        where = _to_registry(client, built, registry, push, username, password) if registry else ""
     finally:
         if embedded:
             embedded.stop()
     click.echo(f"{built} ({size / 1e6:.0f} MB){where}")
+
+
+def _to_registry(client: Any, built: str, registry: str, push: bool, username: str | None, password: str | None) -> str:
+    """Tag ``built`` at ``registry`` under the same name, and push it there when asked."""
+    from ..build.push import find_credentials, publish
+    from ..imageref import ImageRef
+    from ..local.dockerd import engine_errors
+
+    target = ImageRef(registry, ImageRef.parse(built).path, ImageRef.parse(built).tag)
+    if push:
+        return f" -> {publish(client, built, registry, find_credentials(target, username, password)).reference}"
+    with engine_errors(f"tagging {target}"):
+        client.images.get(built).tag(target.repository, target.tag_or_latest)
+    return f" tagged {target}"
 
 
 if __name__ == "__main__":

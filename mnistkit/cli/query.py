@@ -1,4 +1,5 @@
-"""mnistkit-query: send images to a Seldon deployment and print the digits."""
+"""mnistkit-query: send images to a Seldon (v1) or V2 endpoint (KServe, Seldon protocol v2,
+MLServer) and print the digits."""
 
 from __future__ import annotations
 
@@ -24,19 +25,28 @@ if TYPE_CHECKING:
 @click.option("--deployment", default="mnist", show_default=True, help="SeldonDeployment name.")
 @click.option("--namespace", default="seldon", show_default=True, help="Namespace of the deployment.")
 @click.option(
-    "--route",
-    type=click.Choice(["ambassador", "ambassador-v0.1", "direct"]),
-    default="ambassador",
+    "--protocol",
+    type=click.Choice(["v1", "v2"]),
+    default="v1",
     show_default=True,
-    help="ambassador: /seldon/NS/DEPLOYMENT/api/v1.0/predictions; ambassador-v0.1: the 2018 /seldon/DEPLOYMENT/api/v0.1/predictions; direct: /api/v1.0/predictions.",
+    help="v1: Seldon's protocol (the 2018 one); v2: the Open Inference Protocol (KServe, MLServer).",
 )
+@click.option(
+    "--route",
+    type=click.Choice(["ambassador", "ambassador-v0.1", "direct", "seldon", "kserve"]),
+    help="v1 (default ambassador): ambassador /seldon/NS/DEPLOYMENT/api/v1.0/predictions, ambassador-v0.1 the 2018 "
+    "/seldon/DEPLOYMENT/api/v0.1/predictions, direct /api/v1.0/predictions. v2 (default seldon): seldon "
+    "/seldon/NS/DEPLOYMENT/v2/models/MODEL/infer, kserve /v2/models/MODEL/infer with Host DEPLOYMENT.NS.example.com, "
+    "direct /v2/models/MODEL/infer.",
+)
+@click.option("--model", default="mnist", show_default=True, help="V2 model name (in the /v2/models/MODEL path).")
+@click.option("--host-header", help="Host header to send (KServe's ingress routes by it; default for kserve above).")
 @click.option("--url", help="Full predictions URL (overrides --endpoint/--route).")
 @click.option(
     "--payload",
-    type=click.Choice(["tensor", "ndarray", "binData"]),
-    default="tensor",
-    show_default=True,
-    help="tensor: raw 0..255 pixels as in 2018.",
+    type=click.Choice(["tensor", "ndarray", "binData", "pixels", "images"]),
+    help="v1 (default tensor): tensor (raw 0..255 pixels as in 2018), ndarray, binData (the image file); "
+    "v2 (default pixels): pixels (INT32), images (BYTES, base64 files).",
 )
 @click.option("--batch/--no-batch", default=True, show_default=True, help="Send several images as one request.")
 @click.option("--invert", is_flag=True, help="Invert black-on-white drawings to MNIST's white-on-black.")
@@ -50,9 +60,12 @@ def main(
     endpoint: str,
     deployment: str,
     namespace: str,
-    route: str,
+    protocol: str,
+    route: str | None,
+    model: str,
+    host_header: str | None,
     url: str | None,
-    payload: str,
+    payload: str | None,
     batch: bool,
     invert: bool,
     timeout: float,
@@ -61,21 +74,22 @@ def main(
     verbose: int,
     quiet: bool,
 ) -> None:
-    """Predict the digits in INPUTS (image files or .npy arrays) with a Seldon deployment.
+    """Predict the digits in INPUTS (image files or .npy arrays) with a Seldon or V2 deployment.
 
     \b
     Examples:
       mnistkit-query examples/images/*.png                      # Ambassador on localhost:8003
       mnistkit-query --route direct --endpoint localhost:9000 digit.png
       mnistkit-query --payload binData --invert drawing.jpg
+      mnistkit-query --protocol v2 --route kserve --endpoint INGRESS:80 --namespace default digit.png
+      mnistkit-query --protocol v2 --route direct --endpoint localhost:8080 --payload images digit.png
     """
     setup_logging(verbose, quiet)
     from ..client import Endpoint, QueryConfig, load_inputs, predict
     from ..errors import QueryError
 
-    config = QueryConfig(
-        Endpoint(endpoint, deployment, namespace, route, url), payload, batch, timeout, retries
-    ).validate()
+    where = Endpoint(endpoint, deployment, namespace, route, url, protocol, model, host_header)
+    config = QueryConfig(where, payload, batch, timeout, retries).validate()
     if batch:
         predictions, failed = predict(load_inputs(inputs, invert=invert), config), 0
     else:

@@ -3,8 +3,9 @@
 ``manifests_for(source, out_dir, image=...)`` writes, for a run or a search group and its
 image: the SeldonDeployment, the Argo Workflow, the PVCs (``resources.py``) and the search
 as a current polyaxonfile, each validated against the real schemas (``validate.py``) and
-the polyaxonfile by the real ``polyaxon check``. Nothing is written unless every file
-validates.
+the polyaxonfile by the real ``polyaxon check``. For a V2 image (``server="mlserver"``) the
+SeldonDeployment says ``protocol: v2`` and a KServe InferenceService (``kserve.py``) is
+written too. Nothing is written unless every file validates.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import yaml
 from ..errors import ManifestError
 from ..files import disk_errors
 from ..imageref import ImageRef
+from .kserve import inference_service
 from .resources import ManifestConfig, argo_workflow, pvcs, seldon_deployment
-from .validate import validate_pvcs, validate_seldon, validate_workflow
+from .validate import validate_inference_service, validate_pvcs, validate_seldon, validate_workflow
 
 __all__ = ["ManifestConfig", "manifests_for", "write_manifests", "polyaxon_check", "cluster_images"]
 
@@ -45,10 +47,14 @@ def write_manifests(
         "argo-workflow.yaml": [argo_workflow(cfg)],
         "pvcs.yaml": pvcs(cfg),
     }
+    if cfg.server == "mlserver":
+        resources["inferenceservice.yaml"] = [inference_service(cfg)]
     if validate:
         validate_seldon(resources["seldondeployment.yaml"][0])
         validate_workflow(resources["argo-workflow.yaml"][0])
         validate_pvcs(resources["pvcs.yaml"])
+        if "inferenceservice.yaml" in resources:
+            validate_inference_service(resources["inferenceservice.yaml"][0])
     out = Path(out_dir)
     with disk_errors(ManifestError, f"cannot write the cluster resources into {out}"):
         out.mkdir(parents=True, exist_ok=True)
@@ -83,13 +89,13 @@ def polyaxon_check(path: Path) -> None:
         raise ManifestError(f"polyaxonfile is invalid: {detail}")
 
 
-def cluster_images(registry: str | None) -> dict[str, str]:
-    """The builder, build-tool and training images as mnistkit tags them, at ``registry``."""
+def cluster_images(registry: str | None, server: str = "seldon") -> dict[str, str]:
+    """The builder (for ``server``), build-tool and training images as mnistkit tags them, at ``registry``."""
     from ..build.builder_image import KINDS, image_tag
 
     prefix = f"{registry}/" if registry else ""
     return {
-        "builder_image": prefix + image_tag(KINDS["seldon-torch"]),
+        "builder_image": prefix + image_tag(KINDS["mlserver-torch" if server == "mlserver" else "seldon-torch"]),
         "tool_image": prefix + image_tag(KINDS["tool"]),
         "train_image": prefix + image_tag(KINDS["train"]),
     }
@@ -102,11 +108,13 @@ def manifests_for(
     image: str,
     registry: str | None = None,
     validate: bool = True,
+    server: str = "seldon",
     **options: Any,
 ) -> list[Path]:
     """Write the cluster resources for a run or search group and its image (by digest when
-    known): SeldonDeployment, Argo Workflow, polyaxonfile, PVCs. The other images are named
-    at ``registry`` (default: the model image's). Nothing is written unless every resource
+    known): SeldonDeployment, Argo Workflow, polyaxonfile, PVCs, and for a V2 image
+    (``server="mlserver"``) the KServe InferenceService. The other images are named at
+    ``registry`` (default: the model image's). Nothing is written unless every resource
     validates."""
     from ..build.source import resolve_source
     from ..build.wheel import package_version
@@ -123,8 +131,10 @@ def manifests_for(
     if src.group:
         provenance.update(group=src.group, trial=src.trial or "")
     name = Path(source).resolve().name
-    images = {**cluster_images(registry if registry is not None else ImageRef.parse(image).registry), **options}
-    cfg = ManifestConfig(image=image, provenance=provenance, source_path=f"/outputs/{name}", **images).validate()
+    images = {**cluster_images(registry if registry is not None else ImageRef.parse(image).registry, server), **options}
+    cfg = ManifestConfig(
+        image=image, provenance=provenance, source_path=f"/outputs/{name}", server=server, **images
+    ).validate()
     spec = _search_of(source, src, cfg.name)
 
     def polyaxonfile(path: Path) -> None:

@@ -1,7 +1,8 @@
 """The cluster resources, as plain dicts (no I/O, no validation):
 
 * a SeldonDeployment (``machinelearning.seldon.io/v1``, or ``v1alpha2`` for older clusters)
-  serving the pushed image, pinned by digest when known;
+  serving the pushed image, pinned by digest when known — ``protocol: v2`` for a V2
+  (``--server mlserver``) image; the KServe InferenceService is in ``kserve.py``;
 * an Argo ``Workflow`` that packages and pushes in the cluster with the build-tool image,
   talking to a docker-in-docker sidecar in the same pod (never the node's
   ``/var/run/docker.sock``), the model read from a PVC and the registry credentials from a
@@ -46,6 +47,8 @@ class ManifestConfig:
     memory_limit: str = "2Gi"
     workers: int = 2
     grace_seconds: int = 30  # terminationGracePeriodSeconds: in-flight requests finish within it
+    server: str = "seldon"  # what the image serves with: seldon (v1 protocol) or mlserver (V2)
+    kserve_mode: str = "Standard"  # InferenceService deployment mode: Standard (raw) or Knative
     registry_secret: str = "regcred"
     dind_image: str = "docker:27-dind"
     storage_class: str | None = None
@@ -67,6 +70,12 @@ class ManifestConfig:
                 )
         if self.api_version not in ("v1", "v1alpha2"):
             raise ManifestError(f"--api-version must be v1 or v1alpha2 (got {self.api_version!r})")
+        if self.server not in ("seldon", "mlserver"):
+            raise ManifestError(f"--server must be seldon or mlserver (got {self.server!r})")
+        if self.server == "mlserver" and self.api_version != "v1":
+            raise ManifestError("protocol v2 needs SeldonDeployment v1 (Seldon Core >= 1.x), not v1alpha2")
+        if self.kserve_mode not in ("Standard", "Knative"):
+            raise ManifestError(f"--kserve-mode must be Standard or Knative (got {self.kserve_mode!r})")
         if self.replicas < 0:
             raise ManifestError(f"--replicas must be >= 0 (got {self.replicas})")
         for what, ref in (
@@ -94,10 +103,26 @@ def _labels(cfg: ManifestConfig) -> dict[str, str]:
     return out
 
 
-def seldon_deployment(cfg: ManifestConfig) -> dict[str, Any]:
-    """A SeldonDeployment with one MODEL node over REST, the container named like the node.
+def _v2_container(cfg: ManifestConfig) -> dict[str, Any]:
+    """The V2 image in a SeldonDeployment: the operator sets MLSERVER_HTTP_PORT (9000) and the
+    metrics port; the container declares its http port only so the probe can ask for readiness."""
+    return {
+        "name": "classifier",
+        "image": cfg.image,
+        "imagePullPolicy": "IfNotPresent",
+        "env": [{"name": "MNISTKIT_PROCESSES", "value": str(cfg.workers)}, {"name": "MNISTKIT_THREADS", "value": "1"}],
+        "ports": [{"name": "http", "containerPort": 9000, "protocol": "TCP"}],
+        "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10},
+        "resources": {"requests": {"cpu": cfg.cpu, "memory": cfg.memory}, "limits": {"memory": cfg.memory_limit}},
+    }
 
-    The operator sets the ports (PREDICTIVE_UNIT_*), so the container sets none of them."""
+
+def seldon_deployment(cfg: ManifestConfig) -> dict[str, Any]:
+    """A SeldonDeployment with one MODEL node over REST, the container named like the node;
+    ``protocol: v2`` when the image serves with MLServer.
+
+    The operator sets the ports (PREDICTIVE_UNIT_*, MLSERVER_*), so the container sets none of them."""
     container = {
         "name": "classifier",
         "image": cfg.image,
@@ -105,6 +130,8 @@ def seldon_deployment(cfg: ManifestConfig) -> dict[str, Any]:
         "env": [{"name": "GUNICORN_WORKERS", "value": str(cfg.workers)}, {"name": "GUNICORN_THREADS", "value": "1"}],
         "resources": {"requests": {"cpu": cfg.cpu, "memory": cfg.memory}, "limits": {"memory": cfg.memory_limit}},
     }
+    if cfg.server == "mlserver":
+        container = _v2_container(cfg)
     annotations = {f"mnistkit.io/{k.replace('_', '-')}": str(v) for k, v in cfg.provenance.items()}
     pod = {
         "containers": [container],
@@ -117,6 +144,7 @@ def seldon_deployment(cfg: ManifestConfig) -> dict[str, Any]:
         "metadata": {"name": cfg.name, "namespace": cfg.namespace, "labels": _labels(cfg), "annotations": annotations},
         "spec": {
             "name": cfg.name,
+            **({"protocol": "v2"} if cfg.server == "mlserver" else {}),
             "predictors": [
                 {
                     "name": "default",
@@ -145,6 +173,7 @@ def _build_step(cfg: ManifestConfig) -> dict[str, Any]:
             "--wait-for-engine",
             "120",
             "--json",
+            *(["--server", cfg.server] if cfg.server != "seldon" else []),
         ],
         # the sidecar's daemon, on the pod's own loopback: unreachable from outside the pod
         "env": [

@@ -130,9 +130,28 @@ def validate_workflow(doc: dict[str, Any]) -> None:
     _errors(_argo_json_schema(), doc, "Workflow (Argo JSON schema)")
 
 
+#: what Knative's webhook accepts as a serving port name (k8s_validation.go validPortNames)
+KNATIVE_PORT_NAMES = ("http1", "h2c", "")
+#: env names Knative sets itself and refuses in a container
+KNATIVE_RESERVED_ENV = ("PORT", "K_SERVICE", "K_CONFIGURATION", "K_REVISION")
+
+
 def validate_inference_service(doc: dict[str, Any]) -> None:
-    """Against the KServe 0.20 InferenceService CRD (``v1beta1``, closed objects)."""
+    """Against the KServe 0.20 InferenceService CRD (``v1beta1``, closed objects), plus what
+    the webhooks refuse and the schema does not say: a custom predictor's ``PROTOCOL`` must
+    be v1 or v2, and (as Knative mode demands) one port named http1/h2c and no reserved env."""
     _errors(_crd_schema("kserve-inferenceservice-v0.20.0.json.gz", "v1beta1"), doc, "InferenceService")
+    for i, c in enumerate(doc.get("spec", {}).get("predictor", {}).get("containers") or []):
+        where = f"InferenceService is invalid at spec.predictor.containers.{i}"
+        ports = c.get("ports") or []
+        if len(ports) > 1 or any(p.get("name", "") not in KNATIVE_PORT_NAMES for p in ports):
+            raise ManifestError(f"{where}.ports: one port named http1, h2c or nothing (Knative refuses others)")
+        env = {e.get("name"): e.get("value") for e in c.get("env") or []}
+        reserved = [k for k in KNATIVE_RESERVED_ENV if k in env]
+        if reserved:
+            raise ManifestError(f"{where}.env: {reserved[0]} is set by Knative and may not be set")
+        if env.get("PROTOCOL", "v1") not in ("v1", "v2"):
+            raise ManifestError(f"{where}.env: PROTOCOL must be v1 or v2, got {env['PROTOCOL']!r}")
 
 
 def validate_pvcs(docs: list[dict[str, Any]]) -> None:

@@ -1,0 +1,344 @@
+"""The V2 image's server: ``python -m mnistkit.launch_v2 FOLDER`` runs MLServer on one port.
+
+FOLDER holds ``model-settings.json`` (the s2i build writes it beside ``model/``). The
+launcher binds the HTTP port once and forks ``MNISTKIT_PROCESSES`` MLServer processes that
+all accept on it (uvicorn's ``fd``), so two cores serve in parallel without MLServer's
+inference pool (``parallel_workers: 0``: no pickling between processes). Each process:
+
+* loads and warms the model *before* it accepts, so no request meets a half-started process;
+* answers with a guard in front of MLServer's app: a body over ``MNISTKIT_MAX_BODY`` (also
+  after gzip) gets 413, and schema, JSON and routing errors get V2 ``{"error": ...}`` bodies
+  (400/404/405) that never echo the input or a traceback;
+* runs with MLServer's ``debug`` off (it defaults to on: access logs and tracebacks), gzip off
+  and the ``httptools`` parser.
+
+Metrics: every process counts into one ``prometheus_client`` multiprocess folder and the
+first one serves them all on ``MLSERVER_METRICS_PORT``. gRPC: every process binds
+``MLSERVER_GRPC_PORT`` too (gRPC sets SO_REUSEPORT), so the kernel spreads those as well. The parent only supervises:
+SIGTERM/SIGINT go to every process and it exits once they have finished their requests; a
+process that dies after serving is replaced. Ports come from the platform's variables:
+``MLSERVER_HTTP_PORT`` (Seldon sets 9000), else ``PORT`` (Knative), else 8080.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+import zlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigError, MnistkitError, ServingError
+from .settings import settings
+
+__all__ = ["LaunchConfig", "BodyGuard", "main"]
+
+log = logging.getLogger("mnistkit.launch_v2")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+#: a process that dies sooner than this after it started is failing to start, not crashing
+MIN_UPTIME = 10.0
+#: an over-limit body is read and dropped up to this many times the limit before the 413
+DRAIN_FACTOR = 16
+SERVER_DEFAULTS = {"MLSERVER_DEBUG": "false", "MLSERVER_GZIP_ENABLED": "false", "MLSERVER_PARALLEL_WORKERS": "0"}
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    folder: str = "."
+    host: str = "0.0.0.0"
+    port: int = 8080
+    processes: int = 2
+    max_body: int = 4 * 1024 * 1024
+
+    @classmethod
+    def from_env(cls, folder: str = ".", environ: MutableMapping[str, str] | None = None) -> "LaunchConfig":
+        env = os.environ if environ is None else environ
+        s = settings(env)
+        port = env.get("MLSERVER_HTTP_PORT") or env.get("PORT") or "8080"
+        if not port.isdigit() or not 0 <= int(port) < 65536:
+            raise ConfigError(f"the HTTP port {port!r} (MLSERVER_HTTP_PORT, else PORT) is not a port number")
+        return cls(folder, env.get("MLSERVER_HOST") or "0.0.0.0", int(port), max(1, s.processes), s.max_body)
+
+
+async def _json_error(send: Send, status: int, message: str) -> None:
+    import orjson
+
+    body = orjson.dumps({"error": message})
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+class BodyGuard:
+    """ASGI middleware: 413 for a body over ``max_body`` bytes, by its Content-Length, as it
+    streams in, or once gunzipped (MLServer would gunzip it without a limit)."""
+
+    def __init__(self, app: Any, max_body: int) -> None:
+        self.app, self.max_body = app, max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        encoding = headers.get(b"content-encoding", b"identity").lower()
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            await self._drain(receive)
+            return await _json_error(send, 413, self._too_large(int(length)))
+        if length is not None and encoding == b"identity":
+            return await self.app(scope, receive, send)  # the server enforces Content-Length
+        body = await self._read(receive)  # chunked, or compressed: read it here, bounded
+        if body is None:
+            await self._drain(receive)
+            return await _json_error(send, 413, self._too_large())
+        if encoding != b"identity":
+            if encoding not in (b"gzip", b"x-gzip"):
+                name = encoding.decode(errors="replace")
+                return await _json_error(send, 415, f"Content-Encoding {name!r} is not supported; use gzip or none")
+            unzipped = self._gunzip(body)
+            if unzipped is None:
+                return await _json_error(send, 413, self._too_large(what="once decompressed"))
+            drop = (b"content-encoding", b"content-length")
+            body, scope = unzipped, {**scope, "headers": [(k, v) for k, v in scope["headers"] if k not in drop]}
+        await self.app(scope, _replay(body), send)
+
+    def _too_large(self, size: int | None = None, what: str = "") -> str:
+        got = f" of {size} bytes" if size is not None else ""
+        return f"request body{got} is over the limit of {self.max_body} bytes{' ' + what if what else ''}; send fewer images per request"
+
+    async def _read(self, receive: Receive) -> bytes | None:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return b""
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body:
+                return None
+            chunks.append(chunk)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    async def _drain(self, receive: Receive) -> None:
+        """Read and drop the rest of an over-limit body (up to DRAIN_FACTOR times the limit), so
+        the client reads the 413 instead of a connection reset; nothing is kept in memory."""
+        left = DRAIN_FACTOR * self.max_body
+        while left > 0:
+            message = await receive()
+            left -= len(message.get("body", b""))
+            if message["type"] == "http.disconnect" or not message.get("more_body"):
+                return
+
+    def _gunzip(self, body: bytes) -> bytes | None:
+        try:
+            d = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            out = d.decompress(body, self.max_body + 1)
+        except zlib.error:
+            return body  # not gzip after all: the JSON parser will say the body is invalid
+        return None if len(out) > self.max_body or d.unconsumed_tail else out
+
+
+def _replay(body: bytes) -> Receive:
+    sent = False
+
+    async def receive() -> Message:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+def _error_handlers(app: Any) -> None:
+    """V2 ``{"error": ...}`` bodies for FastAPI's own errors, without echoing the input."""
+    from fastapi.exceptions import RequestValidationError
+    from mlserver.rest.responses import Response
+    from starlette.exceptions import HTTPException
+
+    async def invalid(request: Any, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ())[1:]) or "body"
+        detail = (first.get("ctx") or {}).get("error") or ""
+        why = f"{first.get('msg', 'invalid')}{f' ({detail})' if detail else ''}"
+        return Response({"error": f"not a V2 inference request: {where}: {why}"}, status_code=400)
+
+    async def http_error(request: Any, exc: HTTPException) -> Response:
+        return Response({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(HTTPException, http_error)
+
+
+def _shared_metrics(server: Any, serve: bool) -> None:
+    """All processes count into PROMETHEUS_MULTIPROC_DIR; only the first serves the sum."""
+    from mlserver.metrics.prometheus import PrometheusEndpoint
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    class Endpoint(PrometheusEndpoint):  # type: ignore[misc]
+        @property
+        def _registry(self) -> CollectorRegistry:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+            return registry
+
+    metrics = server._metrics_server
+    if metrics is None:
+        return
+    if not serve:
+        server._metrics_server = None
+        return
+    metrics._endpoint = Endpoint(server._settings)
+    metrics._app = metrics._get_app()
+
+
+async def _serve(cfg: LaunchConfig, fd: int, index: int) -> None:
+    from mlserver import MLServer
+    from mlserver.cli.serve import load_settings
+
+    server_settings, models = await load_settings(cfg.folder)
+    server_settings._custom_rest_server_settings = {"fd": fd, "http": "httptools", "timeout_graceful_shutdown": 20}
+    server = MLServer(server_settings)
+    app = server._rest_server._app
+    _error_handlers(app)
+    app.add_middleware(BodyGuard, max_body=cfg.max_body)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        _shared_metrics(server, serve=index == 0)
+    for model in models:  # ready before accepting: no request meets a half-started process
+        await server._model_registry.load(model)
+    await server.start([])
+
+
+def _child(cfg: LaunchConfig, fd: int, index: int) -> int:
+    import asyncio
+
+    from mlserver.utils import install_uvloop_event_loop
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    install_uvloop_event_loop()
+    try:
+        asyncio.run(_serve(cfg, fd, index))
+    except Exception as e:  # a model that cannot load: say why in one line, exit non-zero
+        log.error("server process %d failed: %s", index, e)
+        return 1
+    return 0
+
+
+def _bind(cfg: LaunchConfig) -> socket.socket:
+    family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((cfg.host, cfg.port))
+    except OSError as e:
+        sock.close()
+        raise ServingError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _preload() -> None:
+    """Import the heavy modules once, before forking, so the processes share their pages."""
+    import importlib.util
+
+    import mnistkit.serving_v2  # noqa: F401  (mlserver, fastapi, pydantic, prometheus_client)
+
+    for name in ("torch", "onnxruntime"):
+        if importlib.util.find_spec(name):
+            importlib.import_module(name)
+    gc.collect()
+    gc.freeze()  # the collector then never touches (and so copies) the objects the processes share
+
+
+class _Supervisor:
+    def __init__(self, cfg: LaunchConfig, sock: socket.socket) -> None:
+        self.cfg, self.sock = cfg, sock
+        self.children: dict[int, tuple[int, float]] = {}  # pid -> (index, start time)
+        self.stopping = False
+
+    def spawn(self, index: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = _child(self.cfg, self.sock.fileno(), index)
+            finally:
+                os._exit(code)
+        self.children[pid] = (index, time.monotonic())
+
+    def stop(self, signum: int, frame: Any = None) -> None:
+        self.stopping = True
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def run(self) -> int:
+        for i in range(self.cfg.processes):
+            self.spawn(i)
+        code = 0
+        while self.children:
+            try:
+                pid, status = os.wait()
+            except ChildProcessError:
+                break
+            index, started = self.children.pop(pid, (-1, 0.0))
+            if self.stopping or index < 0:
+                continue
+            exit_code = os.waitstatus_to_exitcode(status)
+            if time.monotonic() - started < MIN_UPTIME:
+                log.error("server process %d exited with %d while starting; stopping", index, exit_code)
+                code = exit_code or 1
+                self.stop(signal.SIGTERM)
+                continue
+            log.warning("server process %d exited with %d; starting a new one", index, exit_code)
+            self.spawn(index)
+        return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve the model-settings folder ``argv[0]`` (default ``.``) until SIGTERM."""
+    args = sys.argv[1:] if argv is None else argv
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s [%(name)s] %(levelname)s - %(message)s"))
+    mnistkit_log = logging.getLogger("mnistkit")
+    mnistkit_log.addHandler(handler)
+    mnistkit_log.setLevel(logging.INFO)
+    for key, value in SERVER_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    try:
+        cfg = LaunchConfig.from_env(args[0] if args else ".")
+        sock = _bind(cfg)
+    except MnistkitError as e:  # a wrong setting: one line, no traceback
+        log.error("%s", e)
+        return 2
+    if cfg.processes > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnistkit-metrics-")
+    _preload()
+    supervisor = _Supervisor(cfg, sock)
+    signal.signal(signal.SIGTERM, supervisor.stop)
+    signal.signal(signal.SIGINT, supervisor.stop)
+    log.info("serving %s on %s:%d with %d processes", cfg.folder, cfg.host, cfg.port, cfg.processes)
+    return supervisor.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
