@@ -17,6 +17,8 @@ Loading trusts nothing in the folder: the folder and every file in it must be pl
 symbolic links), every file must be listed in the manifest under a plain name and match
 its checksum, nothing unlisted may sit beside them, and the safetensors header is checked
 (sizes, offsets, at most ``MAX_ELEMENTS`` values) before a byte of tensor data is touched.
+An image's copy of the folder may also hold ``model.onnx`` (see ``mnistkit.export``): the
+manifest lists it in ``files`` like the weights and ties it to them in its ``onnx`` record.
 Nothing here ever unpickles: a pickle is refused, and a 2018 ``model.dat`` is imported
 with ``torch.load(weights_only=True)``, which refuses a pickle that would run code.
 """
@@ -60,6 +62,9 @@ __all__ = [
     "artifact_dir",
     "sha256_file",
     "manifest_checksum",
+    "ONNX_FILE",
+    "add_onnx",
+    "onnx_record",
 ]
 
 FORMAT = "mnistkit-artifact/2"
@@ -457,3 +462,58 @@ def import_legacy(model_dat: str | os.PathLike[str], directory: str | os.PathLik
     except RuntimeError as e:
         raise ArtifactError(f"{src} does not fit the seed network: {str(e).splitlines()[0]}") from None
     return save_artifact(directory, net.state_dict(), run={"imported_from": str(src.resolve())})
+
+
+ONNX_FILE = "model.onnx"
+
+
+def add_onnx(
+    directory: str | os.PathLike[str],
+    onnx_model: bytes,
+    *,
+    opset: int,
+    parity: Mapping[str, Any],
+    source_sha256: str,
+) -> dict[str, Any]:
+    """Write ``model.onnx`` into a verified artifact folder and record it in the manifest:
+    its sha256 in ``files`` (so ``read_manifest`` verifies it) and an ``onnx`` record tying it
+    to the weights' sha256 and to the artifact it came from. Returns the record."""
+    manifest, _, folder = read_manifest(directory)
+    digest = hashlib.sha256(onnx_model).hexdigest()
+    record = {
+        "file": ONNX_FILE,
+        "sha256": digest,
+        "weights_sha256": manifest["files"][manifest["weights"]],
+        "source_sha256": source_sha256,  # the trained artifact's identity, before this file was added
+        "opset": opset,
+        "parity": dict(parity),
+    }
+    manifest["files"][ONNX_FILE] = digest
+    manifest["onnx"] = record
+    if "checksum" in manifest:  # format /2: the manifest's own checksum covers the new record
+        manifest["checksum"] = manifest_checksum(manifest)
+    try:
+        _atomic_write(folder / ONNX_FILE, onnx_model)
+        _atomic_write(folder / MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n")
+    except OSError as e:
+        raise ArtifactError(f"cannot write {ONNX_FILE} into {folder}: {e.strerror}") from None
+    return record
+
+
+def onnx_record(manifest: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The manifest's ONNX record, checked against its files, or None when it has no ONNX model.
+
+    Raises ``ArtifactError`` when the record does not belong to these weights (files that
+    ``read_manifest`` already verified)."""
+    record = manifest.get("onnx")
+    if record is None:
+        return None
+    files = manifest.get("files", {})
+    if (
+        not isinstance(record, Mapping)
+        or record.get("file") != ONNX_FILE
+        or files.get(ONNX_FILE) != record.get("sha256")
+        or files.get(manifest.get("weights")) != record.get("weights_sha256")
+    ):
+        raise ArtifactError(f"the manifest's ONNX record does not match its {ONNX_FILE} and weights; refusing it")
+    return dict(record)

@@ -68,7 +68,9 @@ def as_batch(values: Any, *, max_batch: int | None = None, what: str = "the requ
     if arr.size == 0:
         raise BadInput(f"{what} holds no pixels; send {PIXELS} values (0..255) per image")
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
-        kind = "strings" if arr.dtype.kind in "USO" else str(arr.dtype)
+        kind = {"U": "strings", "S": "strings", "O": "nulls, strings or mixed values"}.get(
+            arr.dtype.kind, str(arr.dtype)
+        )
         raise BadInput(f"pixels must be numbers 0..255, got {kind}")
     n = batch_size_of(arr.shape)
     if n is None:

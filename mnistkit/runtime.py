@@ -4,11 +4,17 @@ Both servers (the Seldon v1 class and the V2 runtime) and the smoke test go thro
 ``load_predictor``: validated pixels ``(n, 28, 28)`` float32 0..255 in, class
 probabilities ``(n, 10)`` float32 out, with the one shared preprocessing.
 
+    onnx    ``model.onnx`` (exported at build time, see ``mnistkit.export``) in ONNX Runtime,
+            preprocessing in numpy (``mnistkit.data.preprocess_numpy``); no torch
     torch   the safetensors weights in the seed ``Network`` (needs torch)
+
+``runtime="auto"`` (``MNISTKIT_RUNTIME``) takes ONNX when the model folder has it and
+onnxruntime is installed, else torch.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,9 +23,9 @@ import numpy as np
 
 from .errors import ArtifactError, ServingError
 
-__all__ = ["Predictor", "TorchPredictor", "RUNTIMES", "load_predictor"]
+__all__ = ["Predictor", "TorchPredictor", "OnnxPredictor", "RUNTIMES", "load_predictor", "onnx_session"]
 
-RUNTIMES = ("auto", "torch")
+RUNTIMES = ("auto", "onnx", "torch")
 
 
 class Predictor(Protocol):
@@ -56,11 +62,77 @@ class TorchPredictor:
             return self.network(x).exp().numpy()  # (n, 10)
 
 
+def onnx_session(model: bytes | str | os.PathLike[str], *, threads: int = 1) -> Any:
+    """An ONNX Runtime session on the CPU that starts no threads of its own beyond ``threads``
+    and does not spin (the server's processes share the cores)."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ServingError(
+            "the onnx runtime needs onnxruntime (pip install 'mnistkit[serve]'); or set MNISTKIT_RUNTIME=torch"
+        ) from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=options, providers=["CPUExecutionProvider"])
+
+
+class OnnxPredictor:
+    """``model.onnx`` in ONNX Runtime with numpy preprocessing; the folder is verified first
+    (a swapped ``model.onnx`` fails its sha256, a foreign one its tie to the weights)."""
+
+    runtime = "onnx"
+
+    def __init__(self, model_dir: str | os.PathLike[str], *, threads: int = 1) -> None:
+        from .artifact import onnx_record, read_manifest
+        from .data import preprocess_numpy
+
+        self.manifest, self.sha256, folder = read_manifest(model_dir)
+        record = onnx_record(self.manifest)
+        if record is None:
+            raise ArtifactError(f"{folder} has no ONNX model; build the image with --runtime onnx")
+        # read once and hash what is loaded, so the file cannot change between check and load
+        data = (folder / record["file"]).read_bytes()
+        if hashlib.sha256(data).hexdigest() != record["sha256"]:
+            raise ArtifactError(f"{folder / record['file']} changed after it was verified; refusing it")
+        self.session = onnx_session(data, threads=threads)
+        self._input = self.session.get_inputs()[0].name
+        self._preprocess = preprocess_numpy
+
+    def predict(self, pixels: np.ndarray) -> np.ndarray:
+        x = self._preprocess(pixels)  # (n, 1, 28, 28) float32
+        return self.session.run(None, {self._input: x})[0]  # (n, 10)
+
+
+def _has_onnx(model_dir: Path) -> bool:
+    """Whether ``auto`` should serve ONNX: the folder has it and ONNX Runtime is installed
+    (an image built for torch serves torch even from a folder that holds model.onnx)."""
+    import importlib.util
+
+    from .artifact import artifact_dir, onnx_record, read_manifest
+
+    if importlib.util.find_spec("onnxruntime") is None:
+        return False
+    try:
+        manifest = read_manifest(artifact_dir(model_dir))[0]
+    except ArtifactError:
+        return False  # the predictor's own load says what is wrong
+    return onnx_record(manifest) is not None  # a record that does not fit its files raises
+
+
 def load_predictor(model_dir: str | os.PathLike[str], *, runtime: str = "auto", threads: int = 1) -> Predictor:
     """A verified predictor for ``model_dir``. Raises ``ServingError`` saying why it cannot serve."""
     if runtime not in RUNTIMES:
         raise ServingError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
     try:
+        if runtime == "auto":
+            runtime = "onnx" if _has_onnx(Path(model_dir)) else "torch"
+        if runtime == "onnx":
+            return OnnxPredictor(Path(model_dir), threads=threads)
         return TorchPredictor(Path(model_dir), threads=threads)
     except ArtifactError as e:
         raise ServingError(f"cannot serve: {e}") from None

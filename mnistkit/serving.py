@@ -14,6 +14,7 @@ where the s2i build puts it.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
@@ -51,7 +52,7 @@ class MnistModel:
         invert: bool = False,
         metrics_interval: float | None = None,
     ) -> None:
-        from .artifact import read_manifest
+        from .artifact import onnx_record, read_manifest
 
         env = settings()
         self.model_path = Path(model_path or env.model)
@@ -71,12 +72,13 @@ class MnistModel:
         try:
             # Verify at start-up so a missing or tampered artifact stops the server at once.
             self.manifest, self.sha256, _ = read_manifest(self.model_path)
+            onnx_record(self.manifest)  # an ONNX model must belong to these weights
         except ArtifactError as e:
             raise ServingError(f"cannot serve: {e}") from None
         self._predictor: Any = None
         self._pending = np.zeros(10, dtype=np.int64)  # predictions per digit since last metrics()
         self._refused = 0
-        log.info("mnistkit model %s (sha256 %s) ready to load", self.model_path, self.sha256[:12])
+        log.info("mnistkit model %s (sha256 %s) ready to load", self.model_path, self.artifact_sha256[:12])
 
     # -- Seldon hooks -----------------------------------------------------------------
 
@@ -121,9 +123,19 @@ class MnistModel:
     def class_names(self) -> list[str]:
         return DIGITS
 
+    @property
+    def artifact_sha256(self) -> str:
+        """The trained artifact's identity: an image's copy with ``model.onnx`` added has its
+        own manifest, which records where it came from."""
+        return str((self.manifest.get("onnx") or {}).get("source_sha256") or self.sha256)
+
+    @property
+    def platform(self) -> str:
+        return "onnxruntime" if self.manifest.get("onnx") and self.runtime != "torch" else "pytorch"
+
     def tags(self) -> dict[str, str]:
         return {
-            "model_sha256": self.sha256,
+            "model_sha256": self.artifact_sha256,
             "model_run": str(self.manifest.get("run", {}).get("id", "")),
             "mnistkit_version": self.code_version,
             "builder_digest": self.builder_digest,
@@ -162,8 +174,8 @@ class MnistModel:
         m = self.manifest
         return {
             "name": "mnistkit-mnist",
-            "versions": [self.sha256[:12]],
-            "platform": "pytorch",
+            "versions": [self.artifact_sha256[:12]],
+            "platform": self.platform,
             "inputs": [
                 {"name": "pixels", "datatype": "FP32", "shape": [-1, PIXELS]},
                 {"messagetype": "binData"},
@@ -176,7 +188,7 @@ class MnistModel:
                 "run_id": str(m.get("run", {}).get("id", "")),
                 "params": json.dumps(m.get("train_config", {}), sort_keys=True),
                 "metrics": json.dumps(m.get("metrics", {}), sort_keys=True),
-                "artifact_sha256": self.sha256,
+                "artifact_sha256": self.artifact_sha256,
                 "mnistkit_version": self.code_version,  # the code serving now (its own wheel)
                 "builder_digest": self.builder_digest,
                 "trained_with": str(m.get("versions", {}).get("mnistkit", "")),
@@ -191,10 +203,21 @@ class MnistModel:
         self._refused += 1
         raise SeldonMicroserviceException(message, status_code=400, reason="MNISTKIT_BAD_INPUT")
 
+    def _check_bindata(self, value: Any) -> None:
+        import binascii
+
+        if not isinstance(value, (str, bytes)):  # bytes: a multipart upload, base64-encoded by Seldon
+            self._refuse(f"binData must be a base64 string of an image file, got {type(value).__name__}")
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            self._refuse("binData is not valid base64; send the image file's bytes base64-encoded")
+
     def _check_message(self, request: dict[str, Any]) -> None:
         data = request.get("data")
         if data is None:
             if "binData" in request:
+                self._check_bindata(request["binData"])
                 return
             kinds = ", ".join(k for k in ("strData", "jsonData") if k in request) or "no data"
             self._refuse(f"request has {kinds}: send pixels in data.tensor / data.ndarray, or an image as binData")
@@ -213,9 +236,9 @@ class MnistModel:
                 or not isinstance(tensor.get("values"), list)
             ):
                 self._refuse("data.tensor needs a list 'shape' and a list 'values'")
-            try:
-                want = int(np.prod(tensor["shape"])) if tensor["shape"] else 1
-            except (TypeError, ValueError):
-                self._refuse("data.tensor.shape must be a list of integers")
+            shape = tensor["shape"]
+            if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+                self._refuse(f"data.tensor.shape must be a list of whole numbers >= 0, got {str(shape)[:100]}")
+            want = int(np.prod(shape, dtype=object)) if shape else 1
             if want != len(tensor["values"]):
                 self._refuse(f"data.tensor.shape {tensor['shape']} needs {want} values, got {len(tensor['values'])}")

@@ -69,7 +69,7 @@ def docker_client(docker_engine):
 def builder_image(docker_client):
     from mnistkit.build.builder_image import ensure_image
 
-    return ensure_image(docker_client, "seldon-torch", cache_dir=HOME)
+    return ensure_image(docker_client, "seldon-onnx", cache_dir=HOME)
 
 
 @pytest.fixture(scope="session")

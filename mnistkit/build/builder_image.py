@@ -1,8 +1,9 @@
 """The images mnistkit builds its model images with (and the ones the cluster files name).
 
-``KINDS`` lists them: the s2i builders that serve with seldon-core (the v1 protocol) and with
-MLServer (V2, its own venv and constraints: protobuf >= 5), the build tool the Argo step runs,
-and the training image the Polyaxon trials run. Each is made offline:
+``KINDS`` lists them: the s2i builders that serve with seldon-core (the v1 protocol:
+``seldon-onnx``, the default, on ONNX Runtime; ``seldon-torch`` on torch) and with MLServer
+(V2, its own venv and constraints: protobuf >= 5), the build tool the Argo step runs, and the
+training image the Polyaxon trials run. Each is made offline:
 
 * ``make_base_image`` — debootstrap of Debian bookworm (Python 3.11) from the Debian mirror
   this machine's apt already uses, imported as an image; no registry is contacted;
@@ -90,6 +91,9 @@ class ImageKind:
 KINDS: dict[str, ImageKind] = {
     k.name: k
     for k in (
+        ImageKind(
+            "seldon-onnx", "mnistkit/builder", "s2i builder: seldon-core 1.17.1 with ONNX Runtime, no torch (default)"
+        ),
         ImageKind(
             "seldon-torch", "mnistkit/builder", "s2i builder: seldon-core 1.17.1 with CPU torch", with_torch=True
         ),

@@ -26,12 +26,32 @@ from .s2i import image_labels, make_source_folder, s2i_binary_build, s2i_build
 from .source import ModelSource, resolve_source
 from .verify import smoke_test
 
-__all__ = ["SERVERS", "BuildConfig", "BuildSummary", "build_model", "default_image_name"]
+__all__ = [
+    "SERVERS",
+    "RUNTIMES",
+    "DEFAULT_RUNTIME",
+    "BuildConfig",
+    "BuildSummary",
+    "build_model",
+    "builder_kind",
+    "default_image_name",
+]
 
 log = logging.getLogger(__name__)
 
-#: what serves a model image -> the kind of its s2i builder
-SERVERS = {"seldon": "seldon-torch", "mlserver": "mlserver-torch"}
+#: what serves a model image -> the runtimes it has builders for (kind ``<server>-<runtime>``)
+SERVERS = {"seldon": ("onnx", "torch"), "mlserver": ("torch",)}
+#: what runs the network in an image: ONNX Runtime (model.onnx exported at build time, no torch) or torch
+RUNTIMES = ("onnx", "torch")
+DEFAULT_RUNTIME = "onnx"
+
+
+def builder_kind(server: str, runtime: str | None) -> str:
+    """The builder kind for ``server`` and ``runtime`` (None: the server's first, ONNX where it has it)."""
+    runtimes = SERVERS[server]
+    if runtime is not None and runtime not in runtimes:
+        raise ConfigError(f"--runtime {runtime}: {server} images serve {' or '.join(runtimes)}")
+    return f"{server}-{runtime or runtimes[0]}"
 
 
 @dataclass(frozen=True)
@@ -49,6 +69,9 @@ class BuildConfig:
     work_dir: str | None = None  # where the source folder and wheel cache go
     reuse: bool = False  # keep an existing image of the same model and builder instead of rebuilding
     server: str = "seldon"  # seldon (v1 protocol) or mlserver (V2)
+    # onnx: model.onnx exported here, served by ONNX Runtime, no torch; torch: today's image.
+    # None: what the builder serves (its io.mnistkit.builder.kind label), else the server's default
+    runtime: str | None = None
 
     def validate(self) -> "BuildConfig":
         if self.server not in SERVERS:
@@ -57,6 +80,9 @@ class BuildConfig:
             ref = ImageRef.parse(self.image)
             if ref.digest:
                 raise ConfigError(f"--image {self.image!r} names a digest; give a tag to build (NAME:TAG)")
+        if self.runtime is not None and self.runtime not in RUNTIMES:
+            raise ConfigError(f"--runtime {self.runtime!r}: use one of {', '.join(RUNTIMES)}")
+        builder_kind(self.server, self.runtime)  # a runtime the server has no builder for
         if self.password is not None and not self.username:
             raise ConfigError("a password was given without --username")
         return self
@@ -104,7 +130,9 @@ def _build_model(
 ) -> BuildSummary:
     work = Path(config.work_dir or tempfile.gettempdir())
     if config.source_only:
+        runtime = builder_kind(config.server, config.runtime).rpartition("-")[2]
         folder = _source_folder(config, source, Path(config.source_only), work)
+        _add_runtime(replace(config, runtime=runtime), folder)
         log.info("wrote the s2i source folder %s", folder)
         return BuildSummary(image=image, source=str(folder), artifact_sha256=source.sha256)
     credentials: Credentials | None = None
@@ -116,10 +144,13 @@ def _build_model(
         from ..local.dockerd import mnistkit_home
         from .builder_image import ensure_image
 
-        kind = SERVERS[config.server]
-        config = replace(config, builder=ensure_image(client, kind, cache_dir=cache_dir or mnistkit_home()))
+        kind = builder_kind(config.server, config.runtime)
+        builder = ensure_image(client, kind, cache_dir=cache_dir or mnistkit_home())
+        config = replace(config, builder=builder, runtime=kind.rpartition("-")[2])
     assert config.builder is not None
     _have_builder(client, config)
+    config = replace(config, runtime=_builder_runtime(client, config))
+    assert config.builder is not None
     built = _reusable(client, image, source.sha256, config.builder) if config.reuse else None
     if built is not None:
         log.info("reusing %s: same model, same mnistkit, same builder", image)
@@ -138,6 +169,7 @@ def _build(config: BuildConfig, client: Any, source: ModelSource, image: str, wo
         builder_id = _image_id(client, builder) or ""
         labels = image_labels(source, image, builder, _builder_digest(client, builder))
         labels["io.mnistkit.builder.id"] = builder_id
+        labels.update(_add_runtime(config, folder))
         labels["io.mnistkit.server"] = config.server
         if config.server == "mlserver":
             labels["org.opencontainers.image.description"] = (
@@ -157,6 +189,51 @@ def _build(config: BuildConfig, client: Any, source: ModelSource, image: str, wo
     return BuildSummary(
         image=image, image_id=image_id, size=size, build_seconds=seconds, artifact_sha256=source.sha256, labels=labels
     )
+
+
+def _add_runtime(config: BuildConfig, folder: Path) -> dict[str, str]:
+    """Make the source folder's model ready for the runtime; return the image labels that say so.
+
+    onnx: export ``model.onnx`` into the folder's copy of the model, parity-checked on all
+    10,000 MNIST test images (``mnistkit.export``); the build fails when parity does not hold."""
+    assert config.runtime is not None
+    labels = {"io.mnistkit.runtime": config.runtime}
+    if config.runtime == "onnx":
+        from ..export import attach_onnx
+
+        record = attach_onnx(folder / "model")
+        parity = record["parity"]
+        labels.update(
+            {
+                "io.mnistkit.onnx.sha256": record["sha256"],
+                "io.mnistkit.onnx.opset": str(record["opset"]),
+                "io.mnistkit.onnx.parity.images": str(parity["images"]),
+                "io.mnistkit.onnx.parity.max_abs_diff": f"{parity['max_abs_diff']:.3e}",
+                "io.mnistkit.onnx.parity.argmax_equal": str(parity["argmax_equal"]),
+            }
+        )
+    return labels
+
+
+def _builder_runtime(client: Any, config: BuildConfig) -> str:
+    """The runtime to build for: the one asked for, checked against what the builder serves
+    (mnistkit's builders say it in their ``io.mnistkit.builder.kind`` label), else the builder's."""
+    import docker
+
+    assert config.builder is not None
+    try:
+        kind = str((client.images.get(config.builder).labels or {}).get("io.mnistkit.builder.kind", ""))
+    except docker.errors.ImageNotFound:
+        kind = ""  # the build says what to do
+    server, _, serves = kind.partition("-")
+    if server not in SERVERS or serves not in RUNTIMES:
+        serves = ""  # not one of mnistkit's builders: it serves what it is asked to
+    if config.runtime and serves and config.runtime != serves:
+        raise ConfigError(
+            f"--runtime {config.runtime}: the builder {config.builder} serves {serves}; "
+            f"use --runtime {serves} or a {config.server}-{config.runtime} builder"
+        )
+    return config.runtime or serves or builder_kind(config.server, None).rpartition("-")[2]
 
 
 def _source_folder(config: BuildConfig, source: ModelSource, dest: Path, work: Path) -> Path:

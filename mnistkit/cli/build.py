@@ -68,6 +68,12 @@ def _engine(docker_host: str | None, wait: float = 0) -> tuple[Any, Any]:
     show_default=True,
     help="Run the image and compare its predictions with the model's.",
 )
+@click.option(
+    "--runtime",
+    type=click.Choice(["onnx", "torch"]),
+    help="onnx: export model.onnx (parity-checked on MNIST's test set) and serve it with ONNX Runtime, no torch "
+    "in the image; torch: serve the safetensors weights with torch. Default: what --builder serves, else onnx.",
+)
 @click.option("--push", is_flag=True, help="Push the image to its registry.")
 @click.option(
     "--username",
@@ -239,15 +245,21 @@ def manifests_cmd(
 @click.option(
     "--kind",
     "kind_name",
-    type=click.Choice(["seldon-torch", "mlserver-torch", "tool", "train"]),
-    default="seldon-torch",
+    type=click.Choice(["seldon-onnx", "seldon-torch", "mlserver-torch", "tool", "train"]),
+    default="seldon-onnx",
     show_default=True,
-    help="Which image: an s2i builder (v1 or V2), the build tool (the Argo step) or the training image.",
+    help="Which image: an s2i builder (v1 on ONNX Runtime or torch, V2 on torch), the build tool (the Argo step) "
+    "or the training image.",
 )
 @click.option(
     "--server",
     type=click.Choice(["seldon", "mlserver"]),
-    help="The s2i builder for this server: seldon (v1 protocol) or mlserver (V2); sets --kind.",
+    help="The s2i builder for this server: seldon (v1 protocol) or mlserver (V2); sets --kind (with --runtime).",
+)
+@click.option(
+    "--runtime",
+    type=click.Choice(["onnx", "torch"]),
+    help="With --server: the builder for this runtime (default: the server's default, onnx for seldon).",
 )
 @click.option("--tool", is_flag=True, help="Same as --kind tool.")
 @click.option("--train", is_flag=True, help="Same as --kind train.")
@@ -264,6 +276,7 @@ def manifests_cmd(
 def builder_cmd(
     kind_name: str,
     server: str | None,
+    runtime: str | None,
     tool: bool,
     train: bool,
     rebuild: bool,
@@ -287,7 +300,9 @@ def builder_cmd(
     if push and not registry:
         raise ConfigError("--push needs --registry HOST[:PORT]")
     if server:
-        kind_name = f"{server if server == 'mlserver' else 'seldon'}-torch"
+        from ..build.model_image import builder_kind
+
+        kind_name = builder_kind(server, runtime)
     kind = "tool" if tool else "train" if train else kind_name
     password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
     home = mnistkit_home()

@@ -1,0 +1,323 @@
+"""The image's launcher: Seldon's own microservice, its REST app behind mnistkit's guard.
+
+    python -m mnistkit.serve MnistModel --service-type MODEL [seldon-core-microservice options]
+
+It runs ``seldon_core.microservice.main()`` in this process (so ``exec`` in ``s2i/bin/run``
+keeps it PID 1) with two module attributes of seldon-core replaced, nothing forked:
+
+* ``seldon_core.wrapper.get_rest_microservice`` returns Seldon's Flask app unchanged, its
+  ``wsgi_app`` wrapped in ``Guard``: what Seldon would parse whole or answer with a 500 is
+  refused first with a 4xx and Seldon's error JSON (``{"status": {"status": 1, "code": -1,
+  "info": ..., "reason": ...}}``) — a body over ``MNISTKIT_MAX_BODY`` (413, also chunked),
+  a content type Seldon cannot read (415), JSON nested deeper than ``MAX_DEPTH`` (400),
+  unknown routes (404) and wrong methods (405);
+* ``seldon_core.microservice.UserModelApplication`` gets gunicorn options Seldon does not
+  expose: a graceful timeout that fits the pod's grace period, and a sync worker that on
+  SIGTERM serves the connections already queued on its socket before it exits.
+
+``GRPC_WORKERS`` defaults to 0 here (REST only): with Seldon's default of 1, the main
+process waits forever on its gRPC child after SIGTERM.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from gunicorn.workers.sync import SyncWorker
+
+__all__ = ["DrainingSyncWorker", "Guard", "GuardLimits", "guard_app", "install", "json_depth", "main"]
+
+log = logging.getLogger(__name__)
+
+#: JSON deeper than this is refused before it is parsed (a request needs 4 levels:
+#: ``{"data": {"ndarray": [[...]]}}``; the 100,000-``[`` body would make json.loads recurse).
+MAX_DEPTH = 32
+#: Bytes of an over-limit body read and thrown away before the 413, so the client reads
+#: the answer instead of a connection reset (unread data makes close() send RST).
+DISCARD_LIMIT = 64 * 1024 * 1024
+DISCARD_SECONDS = 5.0
+#: Seconds a client may take to send a body (a slow client holds a sync worker).
+BODY_SECONDS = 30.0
+#: Seldon's routes a MODEL component serves; the rest (transform, route, aggregate, static
+#: files) answer 404.
+ENDPOINTS = frozenset({"Predict", "SendFeedback", "HealthPing", "HealthStatus", "Metadata", "openAPI"})
+#: Content types Seldon's ``get_request`` reads a body from.
+BODY_TYPES = ("application/json", "multipart/form-data", "application/x-www-form-urlencoded")
+#: Seconds gunicorn lets workers finish after SIGTERM: the SeldonDeployment's
+#: terminationGracePeriodSeconds (30) less the operator's 10 s preStop sleep, less a margin.
+GRACEFUL_TIMEOUT = 15
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_OPEN, _CLOSE = frozenset(b"[{"), frozenset(b"]}")
+
+
+@dataclass(frozen=True)
+class GuardLimits:
+    max_body: int
+    max_depth: int = MAX_DEPTH
+
+    @classmethod
+    def from_settings(cls) -> "GuardLimits":
+        from .settings import settings
+
+        return cls(max_body=settings().max_body)
+
+
+def json_depth(body: bytes) -> int:
+    """How deeply the arrays and objects of a JSON text nest (brackets in strings do not count)."""
+    import numpy as np
+
+    text = np.frombuffer(_STRING.sub(b'""', body), dtype=np.uint8)
+    steps = np.isin(text, list(_OPEN)).astype(np.int64) - np.isin(text, list(_CLOSE))
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def _error(start_response: Callable[..., Any], status: str, info: str, reason: str, headers=()) -> list[bytes]:
+    """Seldon's error JSON, with the HTTP status it names."""
+    body = json.dumps({"status": {"status": 1, "info": info, "code": -1, "reason": reason}}).encode()
+    start_response(
+        status,
+        [("Content-Type", "application/json"), ("Content-Length", str(len(body))), *headers],
+    )
+    return [body]
+
+
+@contextmanager
+def _socket_timeout(environ: dict[str, Any], seconds: float) -> Iterator[Callable[[float], None]]:
+    """Give the client's socket (gunicorn puts it in the environ) a timeout for a block, then
+    restore the worker's own setting. Yields a function that changes the timeout."""
+    sock = environ.get("gunicorn.socket")
+    before = sock.gettimeout() if sock is not None else None
+
+    def set_timeout(value: float) -> None:
+        if sock is not None:
+            sock.settimeout(value)
+
+    set_timeout(seconds)
+    try:
+        yield set_timeout
+    finally:
+        if sock is not None:
+            sock.settimeout(before)
+
+
+def _discard(environ: dict[str, Any], limit: int) -> None:
+    """Read and drop up to ``limit`` bytes of a body nobody will parse, for at most
+    ``DISCARD_SECONDS`` (a client may claim more than it sends)."""
+    deadline = time.monotonic() + DISCARD_SECONDS
+    left = limit
+    with _socket_timeout(environ, DISCARD_SECONDS) as set_timeout:
+        try:
+            while left > 0:
+                set_timeout(max(0.01, deadline - time.monotonic()))
+                chunk = environ["wsgi.input"].read(min(left, 1 << 16))
+                if not chunk or time.monotonic() > deadline:
+                    return
+                left -= len(chunk)
+        except Exception:  # a timeout, a reset, broken chunked framing: the answer goes out anyway
+            return
+
+
+class Guard:
+    """WSGI middleware in front of Seldon's Flask app (see the module docstring)."""
+
+    def __init__(self, app: Any, limits: GuardLimits) -> None:
+        from werkzeug.routing import Map
+
+        self.wsgi_app = app.wsgi_app
+        self.limits = limits
+        # Seldon's routes, less its catch-all static route (``/<path:filename>`` for GET)
+        self.routes = Map([r.empty() for r in app.url_map.iter_rules() if r.endpoint in ENDPOINTS])
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        refused = self._route(environ, start_response)
+        if refused is not None:
+            return refused
+        if environ.get("REQUEST_METHOD") in ("POST", "PUT", "PATCH"):
+            refused = self._body(environ, start_response)
+            if refused is not None:
+                return refused
+        return self.wsgi_app(environ, start_response)
+
+    def _route(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes] | None:
+        from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+        path = environ.get("PATH_INFO") or "/"
+        try:
+            endpoint, _ = self.routes.bind_to_environ(environ).match()
+        except MethodNotAllowed as e:
+            allowed = ", ".join(sorted(e.valid_methods or []))
+            method = environ.get("REQUEST_METHOD")
+            return _error(
+                start_response,
+                "405 Method Not Allowed",
+                f"{method} is not allowed on {path}; use {allowed}",
+                "MNISTKIT_METHOD_NOT_ALLOWED",
+                [("Allow", allowed)],
+            )
+        except NotFound:
+            endpoint = None
+        except Exception:  # a redirect (a trailing slash) or a malformed URL: not a route we serve
+            endpoint = None
+        if endpoint not in ENDPOINTS:
+            return _error(
+                start_response,
+                "404 Not Found",
+                f"no route {path}; predictions go to POST /api/v1.0/predictions",
+                "MNISTKIT_NOT_FOUND",
+            )
+        return None
+
+    def _body(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes] | None:
+        limit = self.limits.max_body
+        stream = environ["wsgi.input"]
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or -1)
+        except ValueError:
+            return _error(start_response, "400 Bad Request", "Content-Length is not a number", "MNISTKIT_BAD_INPUT")
+        if length > limit:
+            _discard(environ, min(length, DISCARD_LIMIT))
+            return self._too_large(start_response, f"{length} bytes")
+        try:
+            with _socket_timeout(environ, BODY_SECONDS):
+                body = stream.read(length) if length >= 0 else stream.read(limit + 1)  # chunked: at most limit + 1
+        except Exception as e:  # gunicorn's errors for a broken chunked body or a client gone mid-body
+            return _error(
+                start_response,
+                "400 Bad Request",
+                f"the body could not be read ({type(e).__name__})",
+                "MNISTKIT_BAD_INPUT",
+            )
+        if len(body) > limit:
+            _discard(environ, DISCARD_LIMIT)
+            return self._too_large(start_response, "more bytes than that")
+        environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
+        kind = (environ.get("CONTENT_TYPE") or "").split(";")[0].strip().lower()
+        if body and kind not in BODY_TYPES:
+            return _error(
+                start_response,
+                "415 Unsupported Media Type",
+                f"Content-Type {kind or '(none)'} is not accepted; send JSON as application/json",
+                "MNISTKIT_UNSUPPORTED_MEDIA_TYPE",
+            )
+        # count first (C speed): only a JSON body with many brackets can nest too deeply; JSON in
+        # form fields or ?json= is caught when it is parsed (see guard_app)
+        many = kind == "application/json" and body.count(b"[") + body.count(b"{") > self.limits.max_depth
+        depth = json_depth(body) if many else 0
+        if depth > self.limits.max_depth:
+            return _error(
+                start_response,
+                "400 Bad Request",
+                f"the JSON nests {depth} levels deep; a prediction request needs at most {self.limits.max_depth}",
+                "MNISTKIT_BAD_INPUT",
+            )
+        return None
+
+    def _too_large(self, start_response: Callable[..., Any], size: str) -> list[bytes]:
+        return _error(
+            start_response,
+            "413 Request Entity Too Large",
+            f"request body of {size} is over the limit of {self.limits.max_body} bytes (MNISTKIT_MAX_BODY); "
+            "send fewer images per request",
+            "MNISTKIT_TOO_LARGE",
+            [("Connection", "close")],
+        )
+
+
+def _too_deep(error: RecursionError) -> Any:
+    """JSON Seldon parses itself (multipart form fields, ``?json=``) nested too deeply."""
+    from flask import jsonify
+
+    info = "the JSON nests too deeply to be read; a prediction request needs a few levels"
+    response = jsonify({"status": {"status": 1, "info": info, "code": -1, "reason": "MNISTKIT_BAD_INPUT"}})
+    response.status_code = 400
+    return response
+
+
+def guard_app(app: Any, limits: GuardLimits | None = None) -> Any:
+    """Put ``Guard`` in front of Seldon's Flask ``app`` (in place) and return the app.
+
+    Also answers a ``RecursionError`` (json.loads of deeply nested JSON, which Seldon's
+    catch-all turns into a 500) with a 400."""
+    app.wsgi_app = Guard(app, limits or GuardLimits.from_settings())
+    app.register_error_handler(RecursionError, _too_deep)
+    return app
+
+
+class DrainingSyncWorker(SyncWorker):  # type: ignore[misc]
+    """gunicorn's sync worker, which on SIGTERM also serves the connections already queued
+    on its socket (clients that connected before the SIGTERM), then exits. With threads > 1
+    gunicorn picks its threaded worker instead (the name ends in ``SyncWorker``)."""
+
+    def run(self) -> None:
+        super().run()
+        if self.ppid != os.getppid():
+            return  # the master died: nobody waits for these answers
+        for listener in self.sockets:
+            self._drain(listener)
+
+    def _drain(self, listener: Any) -> None:
+        while True:
+            try:
+                self.accept(listener)
+            except OSError as e:
+                if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.ECONNABORTED, errno.EBADF):
+                    return
+                raise
+
+
+def _application(base: type) -> type:
+    """Seldon's gunicorn application with the options it does not expose."""
+
+    class Application(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, options: dict[str, Any] | None = None, **kwargs: Any) -> None:
+            options = dict(options or {})
+            options["graceful_timeout"] = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", GRACEFUL_TIMEOUT))
+            options["worker_class"] = "mnistkit.serve.DrainingSyncWorker"
+            super().__init__(*args, options=options, **kwargs)
+
+    return Application
+
+
+def install() -> None:
+    """Patch seldon-core's REST app factory and gunicorn application (see the module docstring)."""
+    import seldon_core.microservice as microservice
+    import seldon_core.wrapper as wrapper
+
+    original = wrapper.get_rest_microservice
+    if getattr(original, "mnistkit_guarded", False):
+        return
+    limits = GuardLimits.from_settings()
+
+    def get_rest_microservice(user_model: Any, seldon_metrics: Any) -> Any:
+        return guard_app(original(user_model, seldon_metrics), limits)
+
+    get_rest_microservice.mnistkit_guarded = True  # type: ignore[attr-defined]
+    wrapper.get_rest_microservice = get_rest_microservice
+    microservice.UserModelApplication = _application(microservice.UserModelApplication)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``seldon-core-microservice`` with the guard installed; the same arguments."""
+    os.environ.setdefault("GRPC_WORKERS", "0")
+    install()
+    import seldon_core.microservice as microservice
+
+    sys.argv = ["seldon-core-microservice", *(sys.argv[1:] if argv is None else argv)]
+    microservice.main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""Hostile input against the launcher (``python -m mnistkit.serve``: Seldon's real microservice
+behind mnistkit's guard) on loopback: every class gets a 4xx JSON error saying what is wrong,
+never a 5xx or a traceback, and memory stays bounded. The built image gets the same table in
+tests/test_faults.py."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from mnistkit.local.microservice import start_microservice
+from mnistkit.serve import MAX_DEPTH, json_depth
+from mnistkit.settings import Settings
+from support.hostile import CASES, GOOD, Request, send
+
+LARGE = ["body over the limit", "body over the limit, chunked", "47 MB body", "the largest batch, long floats"]
+
+
+@pytest.fixture(scope="module")
+def launcher(trained_run, tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("launcher")
+    service = start_microservice(
+        command=[sys.executable, "-m", "mnistkit.serve"],
+        env={"MNISTKIT_MODEL": str(trained_run.artifact), "MNISTKIT_METRICS_INTERVAL": "0"},
+        cwd=cwd,
+        workers=2,
+    )
+    yield service
+    service.stop()
+
+
+def check_refusal(resp, req: Request, case: str) -> None:
+    assert resp.status == req.status, (case, resp.status, resp.body[:300])
+    status = resp.json.get("status", {})
+    assert status.get("info") and status.get("reason") and status.get("code") == -1, (case, resp.body[:300])
+    assert resp.headers.get("content-type", "").startswith("application/json")
+    assert b"Traceback" not in resp.body
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("case", list(CASES))
+def test_hostile_request_gets_a_4xx_json_error_saying_what_is_wrong(launcher, case):
+    req = CASES[case]
+    check_refusal(send("127.0.0.1", launcher.http_port, req), req, case)
+    assert send("127.0.0.1", launcher.http_port, GOOD["health ping"]).status == 200
+
+
+@pytest.mark.server
+@pytest.mark.parametrize("case", list(GOOD))
+def test_valid_requests_pass_the_guard(launcher, case):
+    resp = send("127.0.0.1", launcher.http_port, GOOD[case])
+    assert resp.status == 200, (case, resp.body[:300])
+
+
+@pytest.mark.server
+def test_no_traceback_in_the_server_log(launcher):
+    for case in CASES:
+        send("127.0.0.1", launcher.http_port, CASES[case])
+    assert "Traceback" not in launcher.log()
+
+
+def _tree_rss(pid: int) -> int:
+    procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    total = 0
+    for p in procs:
+        try:
+            total += p.memory_info().rss
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+@pytest.mark.server
+def test_memory_stays_bounded_and_health_holds_while_large_bodies_are_sent(launcher):
+    """Peak RSS of all serving processes while large bodies (over the limit, chunked, 47 MB,
+    the largest accepted batch) are sent again and again, with health checks in between."""
+    baseline = _tree_rss(launcher.proc.pid)
+    peak, stop = [baseline], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            peak.append(_tree_rss(launcher.proc.pid))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        for _ in range(3):
+            for case in LARGE:
+                req = {**CASES, **GOOD}[case]
+                assert send("127.0.0.1", launcher.http_port, req).status == req.status, case
+                assert send("127.0.0.1", launcher.http_port, GOOD["health ping"]).status == 200
+    finally:
+        stop.set()
+        sampler.join()
+    growth = (max(peak) - baseline) / 2**20
+    print(
+        f"serving processes: RSS {baseline / 2**20:.0f} MB at rest, peak {max(peak) / 2**20:.0f} MB (+{growth:.0f} MB)"
+    )
+    assert growth < 300  # a 47 MB body parsed whole would cost far more (Python ints, lists)
+
+
+@pytest.mark.parametrize(
+    "text, depth",
+    [
+        (b"{}", 1),
+        (b'{"data": {"ndarray": [[0, 1]]}}', 4),
+        (b'{"s": "[[[[[[[[[[", "a": [1]}', 2),  # brackets in strings do not count
+        (b'{"s": "\\"[[[[", "a": [[1]]}', 3),  # nor after an escaped quote
+        (b"[" * 1000 + b"]" * 1000, 1000),
+        (b"[" * 100_000, 100_000),  # unbalanced: still measured, not parsed
+    ],
+    ids=["empty object", "a request", "brackets in a string", "escaped quote", "1000 deep", "unclosed"],
+)
+def test_json_depth(text, depth):
+    assert json_depth(text) == depth
+
+
+def test_the_default_body_limit_fits_the_largest_batch():
+    import json
+
+    s = Settings()
+    widest = json.dumps({"data": {"ndarray": [[254.99999999999997] * 784] * s.max_batch}}).encode()
+    assert len(widest) <= s.max_body
+    assert json_depth(widest) <= MAX_DEPTH
+
+
+def test_health_checks_do_not_zero_the_prediction_counters(trained_run, mnist):
+    from mnistkit.serving import MnistModel
+
+    model = MnistModel(str(trained_run.artifact), metrics_interval=0)
+    probs = model.predict(mnist.test_images[:7].numpy(), [])
+    model.health_status()
+    model.health_status()
+    counts = {m["tags"]["digit"]: m["value"] for m in model.metrics() if m["key"] == "mnistkit_predictions_total"}
+    want = np.bincount(probs.argmax(axis=1), minlength=10)
+    assert counts == {str(d): int(v) for d, v in enumerate(want) if v}  # 7 predictions, none lost, none added
