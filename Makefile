@@ -12,6 +12,8 @@ MLS_STAMP := $(MLS)/.installed
 export MNISTKIT_HOME ?= $(CURDIR)/.mnistkit
 APT_PACKAGES := docker.io docker-registry apache2-utils nginx-light debootstrap wrk
 PYTEST_ARGS ?=
+# not in images: the training torch (images name their own CPU torch), CUDA, and the test tools
+IMAGE_EXCLUDE := torch|torchvision|triton|nvidia-|cuda-|mypy|pytest|pluggy|iniconfig|librt|pathspec|ruff
 
 .PHONY: demo test bench system venv lock lock-mlserver clean typecheck lint
 
@@ -71,6 +73,9 @@ $(STAMP): pyproject.toml requirements.lock
 lock: venv
 	{ echo "# Versions seen to install and work together on Debian 12 / Python 3.11 (pip -c this file)."; \
 	  echo "# Regenerate with: make lock"; $(BIN)/pip freeze --exclude-editable; } > requirements.lock
+	{ head -3 mnistkit/build/docker/constraints.txt; \
+	  grep -v -E "^#|^($(IMAGE_EXCLUDE))[=_-]" requirements.lock | sort -u -f; } > constraints.tmp
+	mv constraints.tmp mnistkit/build/docker/constraints.txt
 
 lock-mlserver: $(MLS_STAMP)
 	{ echo "# The MLServer venv (.venv-mlserver): MLServer 1.7.1 needs protobuf>=5, which seldon-core 1.17.1 forbids,"; \

@@ -60,8 +60,10 @@ class MnistRuntime(MLModel):  # type: ignore[misc]  # MLServer is untyped here
         model_dir = Path(await get_model_uri(self.settings))
         predictor = load_predictor(model_dir, runtime=env.runtime, threads=env.threads)
         want = self.settings.parameters.version if self.settings.parameters else None
-        if want and not predictor.sha256.startswith(want):
-            raise ServingError(f"cannot serve: {model_dir} is artifact {predictor.sha256[:12]}, not version {want}")
+        # the version is the trained artifact's identity; an exported model.onnx records it as its source
+        trained = str((predictor.manifest.get("onnx") or {}).get("source_sha256", predictor.sha256))
+        if want and not trained.startswith(want):
+            raise ServingError(f"cannot serve: {model_dir} is artifact {trained[:12]}, not version {want}")
         probs = predictor.predict(decode_image(golden_image()).pixels[None].astype(np.float32))
         if not (np.isfinite(probs).all() and abs(float(probs.sum()) - 1) < 1e-3):
             raise ServingError("cannot serve: the model returned invalid probabilities on the built-in test digit")

@@ -144,7 +144,7 @@ def test_build_manifests_server_mlserver_writes_the_v2_set(trained_run, tmp_path
     assert isvc["metadata"]["annotations"]["mnistkit.io/artifact-sha256"] == trained_run.artifact_sha256
     assert yaml.safe_load((out / "seldondeployment.yaml").read_text())["spec"]["protocol"] == "v2"
     assert (
-        "mlserver-torch"
+        "mlserver-onnx"
         in yaml.safe_load((out / "argo-workflow.yaml").read_text())["spec"]["arguments"]["parameters"][3]["value"]
     )
 

@@ -98,6 +98,13 @@ KINDS: dict[str, ImageKind] = {
             "seldon-torch", "mnistkit/builder", "s2i builder: seldon-core 1.17.1 with CPU torch", with_torch=True
         ),
         ImageKind(
+            "mlserver-onnx",
+            "mnistkit/builder",
+            "s2i builder for V2 images: MLServer 1.7.1 with ONNX Runtime, no torch (default for mlserver)",
+            constraints="constraints-mlserver.txt",
+            scripts="s2i-mlserver",
+        ),
+        ImageKind(
             "mlserver-torch",
             "mnistkit/builder",
             "s2i builder for V2 images: MLServer 1.7.1 with CPU torch",
@@ -108,8 +115,9 @@ KINDS: dict[str, ImageKind] = {
         ImageKind(
             "tool",
             "mnistkit/build-tool",
-            "runs mnistkit-build against a docker engine (the Argo step)",
+            "runs mnistkit-build against a docker engine (the Argo step), with CPU torch to export ONNX",
             with_mnistkit=True,
+            with_torch=True,
         ),
         ImageKind(
             "train",

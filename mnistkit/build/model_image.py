@@ -40,7 +40,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: what serves a model image -> the runtimes it has builders for (kind ``<server>-<runtime>``)
-SERVERS = {"seldon": ("onnx", "torch"), "mlserver": ("torch",)}
+SERVERS = {"seldon": ("onnx", "torch"), "mlserver": ("onnx", "torch")}
 #: what runs the network in an image: ONNX Runtime (model.onnx exported at build time, no torch) or torch
 RUNTIMES = ("onnx", "torch")
 DEFAULT_RUNTIME = "onnx"

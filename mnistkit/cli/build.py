@@ -245,7 +245,7 @@ def manifests_cmd(
 @click.option(
     "--kind",
     "kind_name",
-    type=click.Choice(["seldon-onnx", "seldon-torch", "mlserver-torch", "tool", "train"]),
+    type=click.Choice(["seldon-onnx", "seldon-torch", "mlserver-onnx", "mlserver-torch", "tool", "train"]),
     default="seldon-onnx",
     show_default=True,
     help="Which image: an s2i builder (v1 on ONNX Runtime or torch, V2 on torch), the build tool (the Argo step) "

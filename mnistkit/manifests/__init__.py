@@ -95,7 +95,7 @@ def cluster_images(registry: str | None, server: str = "seldon") -> dict[str, st
 
     prefix = f"{registry}/" if registry else ""
     return {
-        "builder_image": prefix + image_tag(KINDS["mlserver-torch" if server == "mlserver" else "seldon-torch"]),
+        "builder_image": prefix + image_tag(KINDS[f"{server}-onnx"]),  # the lean default; the tool exports ONNX
         "tool_image": prefix + image_tag(KINDS["tool"]),
         "train_image": prefix + image_tag(KINDS["train"]),
     }

@@ -179,8 +179,11 @@ def _build_step(cfg: ManifestConfig) -> dict[str, Any]:
         "env": [
             {"name": "DOCKER_HOST", "value": "tcp://127.0.0.1:2375"},
             {"name": "DOCKER_CONFIG", "value": "/docker-config"},
+            # MNIST's test images: the ONNX export is checked against torch on all 10,000 of them
+            {"name": "MNISTKIT_DATA_DIR", "value": "/data"},
         ],
         "volumeMounts": [
+            {"name": "data", "mountPath": "/data", "readOnly": True},
             {"name": "outputs", "mountPath": "/outputs", "readOnly": True},
             {"name": "build", "mountPath": "/build"},
             {"name": "docker-config", "mountPath": "/docker-config", "readOnly": True},
@@ -231,6 +234,7 @@ def argo_workflow(cfg: ManifestConfig) -> dict[str, Any]:
                 ]
             },
             "volumes": [
+                {"name": "data", "persistentVolumeClaim": {"claimName": cfg.claims["data"], "readOnly": True}},
                 {"name": "outputs", "persistentVolumeClaim": {"claimName": cfg.claims["outputs"], "readOnly": True}},
                 {"name": "build", "persistentVolumeClaim": {"claimName": cfg.claims["build"]}},
                 {"name": "docker-data", "emptyDir": {}},

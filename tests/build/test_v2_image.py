@@ -27,7 +27,7 @@ LABELS = json.loads((IMAGES / "labels.json").read_text())
 def v2_builder(docker_client):
     from mnistkit.build.builder_image import ensure_image
 
-    return ensure_image(docker_client, "mlserver-torch", cache_dir=HOME)
+    return ensure_image(docker_client, "mlserver-onnx", cache_dir=HOME)  # the default: ONNX Runtime, no torch
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +75,12 @@ def test_labels_user_command_and_no_wheels_left(v2_built, docker_client, trained
         network_disabled=True,
     ).decode()
     assert "wheels" not in out.split() and "model-settings.json" in out.split() and out.split()[-1] == "2"
+    assert labels["io.mnistkit.runtime"] == "onnx" and float(labels["io.mnistkit.onnx.parity.max_abs_diff"]) <= 1e-5
+    no_torch = docker_client.containers.run(
+        v2_built.reference, ["python", "-c", "import torch"], remove=False, network_disabled=True, detach=True
+    )
+    assert no_torch.wait()["StatusCode"] != 0  # a lean image: torch is not there
+    no_torch.remove()
 
 
 def _query(args):

@@ -52,8 +52,9 @@ def installed(tmp_path_factory):
             "-q",
             "--disable-pip-version-check",
             "-c",
-            str(REPO / "requirements.lock"),
-            f"{wheel}[build,manifests]",
+            str(REPO / "mnistkit" / "build" / "docker" / "constraints.txt"),  # the lock, less the CUDA torch
+            f"{wheel}[build,export,manifests]",
+            "torch==2.13.0",  # the CPU wheel on this machine's disk: the export needs torch, not CUDA
         ],
         check=True,
         capture_output=True,
@@ -64,6 +65,7 @@ def installed(tmp_path_factory):
 def _run(bin_dir, root, args, stdin=None, **env):
     full = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}
     full.update({"PATH": f"{bin_dir}:{os.environ['PATH']}", "MNISTKIT_HOME": str(HOME), **env})
+    full["MNISTKIT_DATA_DIR"] = str(REPO / "examples" / "data")  # the export checks parity on MNIST's test set
     return subprocess.run(
         [str(bin_dir / args[0]), *args[1:]],
         cwd=root,
@@ -179,3 +181,14 @@ def test_an_image_serves_the_mnistkit_that_built_it(trained_run, docker_client, 
         assert meta["custom"]["mnistkit_version"] == changed_version
     finally:
         container.remove(force=True)
+
+
+def test_the_images_constraints_are_the_lock_less_what_images_do_not_take():
+    """constraints.txt is made from requirements.lock by `make lock`: it must not fall behind it."""
+    import re
+
+    exclude = re.search(r"^IMAGE_EXCLUDE := (.+)$", (REPO / "Makefile").read_text(), re.M).group(1)
+    lock = {line for line in (REPO / "requirements.lock").read_text().splitlines() if line and not line.startswith("#")}
+    want = {line for line in lock if not re.match(rf"^({exclude})[=_-]", line)}
+    constraints = (REPO / "mnistkit" / "build" / "docker" / "constraints.txt").read_text().splitlines()
+    assert {line for line in constraints if line and not line.startswith("#")} == want

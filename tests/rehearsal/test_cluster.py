@@ -60,7 +60,7 @@ run:
 def published(docker_engine, docker_client, builder_image, registry):
     """Every image the cluster files name, built and pushed by mnistkit's own CLI."""
     refs = {}
-    for kind in ("seldon-torch", "tool", "train"):
+    for kind in ("seldon-onnx", "tool", "train"):
         r = CliRunner(mix_stderr=False).invoke(
             build_main,
             [
