@@ -36,7 +36,6 @@ import stat
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -148,8 +147,8 @@ def save_artifact(
         "train_config": dict(train_config or {}),
         "metrics": dict(metrics or {}),
         "run": dict(run or {}),
+        # no wall-clock time: the same training gives the same bytes, hence the same sha256
         "versions": {"mnistkit": __version__, "torch": torch.__version__, "python": platform.python_version()},
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     manifest["checksum"] = manifest_checksum(manifest)
     text = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"

@@ -35,9 +35,9 @@ class PipelineConfig:
     polyaxonfile: str = "examples/polyaxon/demo.yml"  # relative to the working directory, like the data
     work_dir: str = "demo"  # runs/, cluster/ go here
     home: str | None = None  # embedded services' state (default $MNISTKIT_HOME or ~/.mnistkit)
-    train_samples: int | None = 20000
+    train_samples: int | None = None  # caps for quick runs; the demo trains on all of MNIST
     test_samples: int | None = None
-    max_epochs: int | None = 2
+    max_epochs: int | None = None
     concurrency: int | None = None
     registry_port: int = 5000
     username: str = "mnistkit"

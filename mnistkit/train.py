@@ -1,9 +1,15 @@
 """fit(config) -> RunResult: the training loop, on the whole data set held in memory.
 
 Per epoch: one random permutation, batches sliced from one normalised tensor
-(channels_last, bf16 autocast where the CPU has native bf16), then a full evaluation on
-the test set. The best epoch's weights (by test accuracy) are kept as the run's
-artifact, written atomically each time they improve.
+(channels_last, bf16 autocast where the CPU has native bf16; optionally each image moved
+by a random shift of up to ``shift`` pixels), then a full evaluation on the test set
+(every epoch, or the last ``eval_last`` only). The best evaluated epoch's weights (by
+test accuracy) are kept as the run's artifact, written atomically each time they improve.
+
+The same config gives the same artifact, byte for byte, on the same machine and thread
+count: seeded generators only, oneDNN's deterministic kernels on the CPU, and a manifest
+with neither a timestamp nor where the run was written (a folder name given with
+``run_name`` is kept; a generated one is not).
 
 ``python -m mnistkit.train --config FILE`` runs one saved ``TrainConfig``: that is how a
 search runs its trials, each reporting through its run folder's ``result.json`` (and an
@@ -12,6 +18,9 @@ error file when it fails), never through its output.
 
 from __future__ import annotations
 
+import atexit
+import functools
+import gc
 import json
 import logging
 import math
@@ -24,6 +33,13 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+# Before torch loads OpenMP: worker threads that spin while they wait make each step
+# 4-25x slower (measured) when another process holds one of the cores, as on the 2-core
+# machines shared with builds and test suites that mnistkit trains on; sleeping costs a
+# few percent on an idle machine. Only where nobody chose otherwise, and only when torch
+# is not loaded yet (as in mnistkit-train and a search's trials).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 import torch.nn.functional as F
@@ -41,13 +57,17 @@ __all__ = ["TrainConfig", "RunResult", "EpochMetrics", "fit", "evaluate", "bf16_
 
 log = logging.getLogger(__name__)
 
+#: Config fields that say where a run reads and writes, not what it trains: kept out of the
+#: artifact's manifest, so the same training gives the same bytes wherever it ran.
+_LOCATION = ("data_dir", "output_dir")
+
 
 @dataclass(frozen=True)
 class EpochMetrics:
     epoch: int
     train_loss: float
-    test_loss: float
-    test_accuracy: float
+    test_loss: float | None  # None: not evaluated (``eval_last``)
+    test_accuracy: float | None
     seconds: float
 
 
@@ -163,7 +183,7 @@ class _Run:
     run_dir: Path
     device: torch.device
     bf16: bool
-    x_train: torch.Tensor  # (n, 1, 28, 28) normalised
+    x_train: torch.Tensor  # (n, 1, 28 + 2 shift, 28 + 2 shift) normalised, bf16 under bf16 autocast
     y_train: torch.Tensor
     x_test: torch.Tensor  # (m, 1, 28, 28) normalised, channels_last
     y_test: torch.Tensor
@@ -185,15 +205,24 @@ class _Run:
         cfg, n = self.config, len(self.x_train)
         self.net.train()
         perm = torch.randperm(n, generator=self.gen).to(self.device)
-        # one gather per epoch; batches are then views, not per-batch copies
-        xs, ys = self.x_train[perm].contiguous(memory_format=torch.channels_last), self.y_train[perm]
+        ys = self.y_train[perm]
+        if not cfg.shift:  # one gather per epoch; batches are then views, not per-batch copies
+            xs = self.x_train[perm].contiguous(memory_format=torch.channels_last)
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for b, i in enumerate(range(0, n, cfg.batch_size)):
-            xb, yb = xs[i : i + cfg.batch_size], ys[i : i + cfg.batch_size]
+            if cfg.shift:  # gathered and shifted per batch, while it is in cache
+                xb = _shifted(self.x_train[perm[i : i + cfg.batch_size]], cfg.shift, i)
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            else:
+                xb = xs[i : i + cfg.batch_size]
+            yb = ys[i : i + cfg.batch_size]
             self.opt.zero_grad(set_to_none=True)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
                 out = self.net(xb)
-            loss = F.nll_loss(out.float(), yb)
+            out = out.float()  # (batch, 10) log-probabilities
+            loss = F.nll_loss(out, yb)
+            if cfg.label_smoothing:  # (1 - e) * nll + e * mean over classes of -log p
+                loss = (1 - cfg.label_smoothing) * loss - cfg.label_smoothing * out.mean(dim=1).mean()
             loss.backward()
             self.opt.step()
             if self.per_batch:
@@ -209,31 +238,36 @@ class _Run:
         return train_loss
 
     def finish_epoch(self, epoch: int, train_loss: float, started: float) -> EpochMetrics:
-        """Evaluate, record the metrics, and save the weights when they are the best yet."""
-        # evaluated in fp32, as the model is served, so serving reproduces this accuracy
-        test_loss, acc = evaluate(self.net, self.x_test, self.y_test, self.config.test_batch_size)
+        """Evaluate (unless ``eval_last`` skips this epoch), record the metrics, and save the
+        weights when they are the best yet."""
+        cfg = self.config
+        test_loss = acc = None
+        if epoch > cfg.epochs - (cfg.eval_last or cfg.epochs):
+            # evaluated in fp32, as the model is served, so serving reproduces this accuracy
+            test_loss, acc = evaluate(self.net, self.x_test, self.y_test, cfg.test_batch_size)
         m = EpochMetrics(epoch, train_loss, test_loss, acc, time.perf_counter() - started)
         self.history.append(m)
-        self.tracker.log_metrics(
-            epoch, {"train_loss": train_loss, "test_loss": test_loss, "test_accuracy": acc, "seconds": m.seconds}
-        )
-        improved = self.best is None or acc > self.best.test_accuracy
+        row = {"train_loss": train_loss, "seconds": m.seconds}
+        if test_loss is not None and acc is not None:
+            row.update(test_loss=test_loss, test_accuracy=acc)
+        self.tracker.log_metrics(epoch, row)
+        improved = acc is not None and (self.best is None or acc > (self.best.test_accuracy or 0.0))
         log.info(
-            "epoch %d/%d  train loss %.4f  test loss %.4f  accuracy %.2f%%  %.1fs%s",
+            "epoch %d/%d  train loss %.4f  %s  %.1fs%s",
             epoch,
-            self.config.epochs,
+            cfg.epochs,
             train_loss,
-            test_loss,
-            100 * acc,
+            "not evaluated" if acc is None else f"test loss {test_loss:.4f}  accuracy {100 * acc:.2f}%",
             m.seconds,
             "  *best" if improved else "",
         )
         if improved:
             self.best = m
+            # the training, not where it ran: no data/output folders, no generated run name
             self.sha256 = save_artifact(
                 self.run_dir / "model",
                 self.net.state_dict(),
-                train_config=asdict(self.config),
+                train_config={k: v for k, v in asdict(cfg).items() if k not in _LOCATION},
                 metrics={
                     "epoch": epoch,
                     "test_accuracy": acc,
@@ -241,9 +275,33 @@ class _Run:
                     "train_loss": train_loss,
                     "test_samples": len(self.x_test),
                 },
-                run={"id": self.run_dir.name, "best_epoch": epoch},
+                run={**({"id": self.run_dir.name} if cfg.run_name else {}), "best_epoch": epoch},
             )
         return m
+
+
+def _pad(images: torch.Tensor, background: float, k: int) -> torch.Tensor:
+    """(n, 1, h, w) -> (n, 1, h + 2k, w + 2k) with a ``background`` border."""
+    n, c, h, w = images.shape
+    padded = images.new_full((n, c, h + 2 * k, w + 2 * k), background)
+    padded[:, :, k : k + h, k : k + w] = images
+    return padded
+
+
+def _shifted(padded: torch.Tensor, k: int, start: int = 0) -> torch.Tensor:
+    """Crop a batch of (n, 1, h + 2k, w + 2k) images, taken in the epoch's random order, to
+    (n, 1, h, w), moving the image at position ``start + j`` of that order by the
+    ``(start + j) mod (2k+1)²``-th of the (2k+1)² offsets in [-k, k]². The order being a
+    fresh permutation each epoch, each image gets a random shift each epoch, and each batch
+    holds all shifts in (nearly) equal parts. (2k+1)² strided copies, no index gathers."""
+    n, c, hp, wp = padded.shape
+    h, w, m = hp - 2 * k, wp - 2 * k, (2 * k + 1) ** 2
+    out = padded.new_empty((n, c, h, w))
+    for o in range(m):
+        dy, dx = divmod(o, 2 * k + 1)
+        first = (o - start) % m
+        out[first::m] = padded[first::m, :, dy : dy + h, dx : dx + w]
+    return out
 
 
 def _open_run(config: TrainConfig, data: MNISTData) -> _Run:
@@ -255,6 +313,7 @@ def _open_run(config: TrainConfig, data: MNISTData) -> _Run:
         "config": asdict(config),
         "device": device.type,
         "bf16": bf16,
+        "threads": torch.get_num_threads(),  # part of what the weights depend on, bit for bit
         "pid": os.getpid(),
         "versions": {"mnistkit": __version__, "torch": torch.__version__, "python": platform.python_version()},
     }
@@ -275,17 +334,31 @@ def _open_run(config: TrainConfig, data: MNISTData) -> _Run:
         device.type,
         " bf16" if bf16 else "",
     )
+    # Training images are kept as the first layer computes on them: bf16 under bf16
+    # autocast (the cast autocast would make of every batch, made once: the same values).
+    x_train = preprocess(data.train_images[:n_train]).to(device, torch.bfloat16 if bf16 else torch.float32)
+    if config.shift:  # a border of background (raw pixel 0) to shift within
+        x_train = _pad(x_train, float(preprocess(torch.zeros(1, 1)).flatten()[0]), config.shift)
     return _Run(
         config,
         run_dir,
         device,
         bf16,
-        x_train=preprocess(data.train_images[:n_train]).to(device),
+        x_train=x_train,
         y_train=data.train_labels[:n_train].to(device),
         x_test=preprocess(data.test_images[:n_test]).to(device).contiguous(memory_format=torch.channels_last),
         y_test=data.test_labels[:n_test].to(device),
         tracker=tracker,
     )
+
+
+@functools.cache
+def _skip_the_final_collection() -> None:
+    """At exit, Python's last garbage collection walks every object still alive; torch,
+    torch._dynamo (which any torch.optim optimiser loads) and sympy leave so many that it
+    takes ~0.4 s of a 2-epoch run's process. Freezing them when the interpreter exits
+    skips that walk; nothing else changes (Python never promised finalizers at exit)."""
+    atexit.register(gc.freeze)
 
 
 def fit(
@@ -297,9 +370,14 @@ def fit(
     """
     config.validate()
     started = time.perf_counter()
+    _skip_the_final_collection()
     if config.threads:
         torch.set_num_threads(config.threads)
     run = _open_run(config, data if data is not None else load_mnist(config.data_dir, download=config.download))
+    # oneDNN (convolutions, matmuls) may pick kernels that are not run-to-run reproducible
+    # (atomics) unless asked for deterministic ones: on the CPU, ask; restored afterwards.
+    mkldnn_deterministic = bool(torch.backends.mkldnn.deterministic)
+    torch.backends.mkldnn.deterministic = mkldnn_deterministic or run.device.type == "cpu"  # type: ignore[assignment]
     try:
         for epoch in range(1, config.epochs + 1):
             t0 = time.perf_counter()
@@ -307,8 +385,10 @@ def fit(
             if on_epoch:
                 on_epoch(m)
     finally:
+        torch.backends.mkldnn.deterministic = mkldnn_deterministic  # type: ignore[assignment]
         run.tracker.close()
-    assert run.best is not None  # epochs >= 1
+    # the last epoch is always evaluated
+    assert run.best is not None and run.best.test_accuracy is not None and run.best.test_loss is not None
     result = RunResult(
         run_dir=run.run_dir,
         run_id=run.run_dir.name,

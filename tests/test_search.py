@@ -152,8 +152,9 @@ def test_unknown_training_flag_fails_before_anything_runs(tmp_path):
     assert r.exit_code == 1
     assert r.stderr.strip().splitlines() == [
         "Error: the training command of trial 0 is not valid: --warmup is not a training option; use one of "
-        "--batch-size, --data-dir, --epochs, --log-interval, --lr, --momentum, --no-cuda, --optimizer, --precision, "
-        "--scheduler, --seed, --test-batch-size, --test-samples, --train-samples, --weight-decay"
+        "--batch-size, --data-dir, --epochs, --eval-last, --label-smoothing, --log-interval, --lr, --momentum, "
+        "--no-cuda, --optimizer, --precision, --scheduler, --seed, --shift, --test-batch-size, --test-samples, "
+        "--train-samples, --weight-decay"
     ]
     assert not (tmp_path / "out").exists()
 

@@ -88,3 +88,70 @@ def test_existing_run_folder_is_not_overwritten(mnist, tmp_path):
     with pytest.raises(ConfigError, match="already exists"):
         fit(TrainConfig(output_dir=str(tmp_path), run_name="r", epochs=1, train_samples=64), mnist)
     assert (tmp_path / "r" / "keep.txt").read_text() == "x"
+
+
+def test_same_training_same_artifact_bytes(mnist, tmp_path):
+    # other output folders, generated run names: the artifact (manifest included) is identical
+    base = dict(epochs=1, train_samples=1024, test_samples=500, seed=7, batch_size=64)
+    a = fit(TrainConfig(output_dir=str(tmp_path / "a"), **base), mnist)
+    b = fit(TrainConfig(output_dir=str(tmp_path / "b"), **base), mnist)
+    assert a.run_id != b.run_id and a.artifact_sha256 == b.artifact_sha256
+    manifest = load_model(a.run_dir).manifest
+    assert "created" not in manifest and "output_dir" not in manifest["train_config"]
+    assert "id" not in manifest["run"]  # a generated folder name is not part of the model
+    named = fit(TrainConfig(output_dir=str(tmp_path / "c"), run_name="named", **base), mnist)
+    assert load_model(named.run_dir).manifest["run"]["id"] == "named"
+
+
+def test_eval_last_evaluates_only_the_last_epochs(mnist, tmp_path):
+    config = TrainConfig(
+        epochs=3, eval_last=1, train_samples=512, test_samples=200, output_dir=str(tmp_path), run_name="r"
+    )
+    run = fit(config, mnist)
+    assert [e.test_accuracy is None for e in run.epochs] == [True, True, False]
+    assert run.best_epoch == 3
+    rows = read_metrics(run.run_dir)
+    assert "test_accuracy" not in rows[0] and "test_accuracy" in rows[2]
+
+
+def test_shift_and_label_smoothing_train(mnist, tmp_path):
+    config = TrainConfig(
+        epochs=1,
+        shift=1,
+        label_smoothing=0.1,
+        train_samples=2000,
+        test_samples=500,
+        lr=0.1,
+        output_dir=str(tmp_path),
+        run_name="r",
+    )
+    assert fit(config, mnist).best_accuracy > 0.5
+
+
+def test_shifted_moves_each_image_within_bounds():
+    import torch
+
+    from mnistkit.train import _pad, _shifted
+
+    img = torch.zeros(50, 1, 28, 28)
+    img[:, :, 14, 14] = 1
+    out = torch.cat([_shifted(_pad(img[i : i + 16], 0.0, 2), 2, i) for i in range(0, 50, 16)])
+    assert out.shape == img.shape and out.sum() == 50
+    ys, xs = (out[:, 0] == 1).nonzero()[:, 1], (out[:, 0] == 1).nonzero()[:, 2]
+    assert (ys - 14).abs().max() <= 2 and (xs - 14).abs().max() <= 2
+    assert len({(int(y), int(x)) for y, x in zip(ys, xs, strict=False)}) == 25  # all 25 offsets used
+
+
+def test_fast99_recipe_is_a_valid_config():
+    from dataclasses import replace
+
+    from mnistkit.config import RECIPES
+
+    config = replace(TrainConfig(), **RECIPES["fast99"]).validate()
+    assert config.optimizer == "adam" and config.shift == 1 and config.eval_last == 3
+
+
+@pytest.mark.parametrize("field, value", [("shift", 9), ("shift", -1), ("label_smoothing", 1.0), ("eval_last", 0)])
+def test_new_values_are_checked(field, value):
+    with pytest.raises(ConfigError):
+        TrainConfig(**{field: value}).validate()

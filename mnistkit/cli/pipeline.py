@@ -24,8 +24,8 @@ from ._common import errors_to_exit, setup_logging, verbosity
     type=click.Path(file_okay=False),
     help="Where runs/ and cluster/ go.",
 )
-@click.option("--train-samples", type=int, default=20000, show_default=True, help="Cap on training images per trial.")
-@click.option("--max-epochs", type=int, default=2, show_default=True, help="Cap on epochs per trial.")
+@click.option("--train-samples", type=int, help="Cap on training images per trial (default: all 60,000).")
+@click.option("--max-epochs", type=int, help="Cap on epochs per trial (default: the file's).")
 @click.option("--concurrency", type=int, help="Trials at once (default: the file's).")
 @click.option(
     "--registry-port",
@@ -43,8 +43,8 @@ from ._common import errors_to_exit, setup_logging, verbosity
 def main(
     polyaxonfile: str | None,
     work_dir: str,
-    train_samples: int,
-    max_epochs: int,
+    train_samples: int | None,
+    max_epochs: int | None,
     concurrency: int | None,
     registry_port: int,
     docker_host: str | None,

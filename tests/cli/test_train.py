@@ -34,6 +34,20 @@ def test_train_cli_on_a_slice_of_real_mnist(tmp_path):
     assert (tmp_path / "cli" / "model" / "manifest.json").exists()
 
 
+def test_recipe_fast99_with_a_flag_beside_it(tmp_path):
+    args = ["--recipe", "fast99", "--epochs", "2", "--train-samples", "1024", "--test-samples", "500"]
+    result = CliRunner(mix_stderr=False).invoke(
+        train_main, [*args, "--output-dir", str(tmp_path), "--run-name", "r", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "r" / "config.json").read_text())["config"]
+    assert config["epochs"] == 2 and config["optimizer"] == "adam" and config["shift"] == 1  # the flag wins
+    assert [e["test_accuracy"] is None for e in json.loads(result.stdout)["epochs"]] == [
+        False,
+        False,
+    ]  # eval_last 3 > 2
+
+
 def test_train_cli_defaults_are_the_2018_ones():
     params = {p.name: p.default for p in train_main.params}
     assert params["batch_size"] == 64 and params["test_batch_size"] == 1000 and params["epochs"] == 10
