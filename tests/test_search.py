@@ -529,3 +529,28 @@ def test_output_flags_of_a_polyaxonfile_are_dropped_and_said(flag, tmp_path):
     assert f"ignoring {flag.split('=')[0].split()[0]} of the polyaxonfile" in r.stderr
     assert (tmp_path / "out" / "x" / "trials" / "trial-000" / "result.json").exists()
     assert not where.exists() and not list(tmp_path.parent.glob("escaped*"))
+
+
+def test_the_same_search_twice_gives_the_same_bytes_with_concurrency_2(tmp_path):
+    """Two trials at once, 1 thread each, run twice into two group folders: every trial's
+    artifact has the same sha256 both times (and the two trials differ from each other)."""
+    spec = read_polyaxonfile(SEED_FILE)
+    from dataclasses import replace
+
+    spec = replace(spec, n_runs=2)
+    runs = [
+        run_group(
+            spec,
+            SearchConfig(
+                output_dir=str(tmp_path),
+                group_name=f"g{i}",
+                concurrency=2,
+                train_samples=600,
+                test_samples=300,
+                max_epochs=1,
+            ),
+        )
+        for i in range(2)
+    ]
+    first, second = ([t.artifact_sha256 for t in r.trials] for r in runs)
+    assert first == second and len(set(first)) == 2 and all(first)

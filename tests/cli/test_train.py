@@ -1,4 +1,7 @@
 import json
+import os
+import subprocess
+import sys
 
 import torch
 from click.testing import CliRunner
@@ -7,6 +10,7 @@ from mnistkit.cli.build import main as build_main
 from mnistkit.cli.query import main as query_main
 from mnistkit.cli.train import main as train_main
 from mnistkit.network import Network
+from support import REPO
 
 
 def test_train_cli_on_a_slice_of_real_mnist(tmp_path):
@@ -91,3 +95,30 @@ def test_every_command_answers_help():
     for main in (train_main, build_main, query_main):
         result = CliRunner(mix_stderr=False).invoke(main, ["--help"])
         assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_the_same_command_twice_gives_the_same_artifact_bytes(tmp_path):
+    """As a user runs it: the same mnistkit-train command in two working folders, the same sha256."""
+    command = [
+        sys.executable,
+        "-m",
+        "mnistkit.cli.train",
+        "--epochs",
+        "1",
+        "--train-samples",
+        "1000",
+        "--test-samples",
+        "500",
+        "--lr",
+        "0.05",
+        "--json",
+        "-q",
+    ]
+    env = {**os.environ, "MNISTKIT_DATA_DIR": str(REPO / "examples" / "data")}
+    shas = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        r = subprocess.run(command, cwd=tmp_path / name, env=env, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        shas.append(json.loads(r.stdout)["artifact_sha256"])
+    assert shas[0] == shas[1]
