@@ -9,6 +9,7 @@ run them. Each round, for each setup in turn (so machine noise hits all of them)
   ``[784]``, V2 an INT32 ``pixels`` tensor ``[1, 784]`` — at 4 and at 16 connections;
 * memory under load (16 connections): the container's cgroup working set (usage - inactive
   file, what a memory limit counts, shared pages once) and the sum of its processes' RSS, peaks;
+* image size (v1 and V2, each with ONNX Runtime, the default, and with torch);
 * hostile payloads (tests/support/v2.py's table for V2, the reliability issue's classes for
   v1): how many got a 5xx.
 
@@ -73,26 +74,30 @@ def build_images(client: Any, model: Path, work: Path) -> dict[str, str]:
 
     out = {}
     for server in ("seldon", "mlserver"):
-        cfg = BuildConfig(source=str(model), image=f"mnistkit-bench/{server}:latest", server=server, work_dir=str(work))
-        summary = build_model(cfg, client)
-        out[server] = summary.image
-        print(f"built {summary.image} ({(summary.size or 0) / 1e6:.0f} MB)", flush=True)
+        for runtime in ("onnx", "torch"):
+            cfg = BuildConfig(
+                source=str(model),
+                image=f"mnistkit-bench/{server}-{runtime}:latest",
+                server=server,
+                runtime=runtime,
+                work_dir=str(work),
+            )
+            summary = build_model(cfg, client)
+            out[f"{server}-{runtime}"] = summary.image
+            print(f"built {summary.image} ({(summary.size or 0) / 1e6:.0f} MB)", flush=True)
     return out
 
 
 def setups(images: dict[str, str], pixels: list[int]) -> dict[str, dict[str, Any]]:
     v1_body = json.dumps({"data": {"names": [], "tensor": {"shape": [784], "values": pixels}}})
     v2_body = json.dumps({"inputs": [{"name": "pixels", "shape": [1, 784], "datatype": "INT32", "data": pixels}]})
-    v2 = {"image": images["mlserver"], "body": v2_body, "path": "/v2/models/mnist/infer", "protocol": "v2"}
+    v2 = {"image": images["mlserver-onnx"], "body": v2_body, "path": "/v2/models/mnist/infer", "protocol": "v2"}
+    v1 = {"image": images["seldon-onnx"], "body": v1_body, "path": "/api/v1.0/predictions", "protocol": "v1", "env": {}}
     return {
-        "v1": {
-            "image": images["seldon"],
-            "body": v1_body,
-            "path": "/api/v1.0/predictions",
-            "protocol": "v1",
-            "env": {},
-        },
+        "v1": v1,
+        "v1-torch": {**v1, "image": images["seldon-torch"]},
         "v2": {**v2, "env": {}},
+        "v2-torch": {**v2, "image": images["mlserver-torch"], "env": {}},
         "v2-1proc": {**v2, "env": {"MNISTKIT_PROCESSES": "1"}},
         # MLServer's own inference pool instead of whole processes: requests are pickled to 2 workers
         # (hostile payloads skipped: deep nesting is known to hang the pool's pickling)
@@ -257,20 +262,21 @@ def report(runs: dict[str, list[dict[str, float]]]) -> None:
             + "; c=4 "
             + ", ".join(f"{r['rps4']:.0f}" for r in rs)
         )
-    if "v1" in med and "v2" in med:
-        v1, v2 = med["v1"], med["v2"]
-        print(
-            f"\nV2 / v1: throughput c=16 {v2['rps16'] / v1['rps16']:.2f}x (goal >= 1.0), c=4 {v2['rps4'] / v1['rps4']:.2f}x; "
-            f"memory (cgroup) {v2['cgroup_mb'] / v1['cgroup_mb']:.2f}x, (sum RSS) {v2['rss_mb'] / v1['rss_mb']:.2f}x "
-            f"(goal <= 0.35); cold start {v2['cold_s'] / v1['cold_s']:.2f}x (goal <= 1.0)"
-        )
+    for a, b in (("v2", "v1"), ("v2", "v1-torch"), ("v2-torch", "v1-torch")):
+        if a in med and b in med:
+            x, y = med[a], med[b]
+            print(
+                f"\n{a} / {b}: throughput c=16 {x['rps16'] / y['rps16']:.2f}x (goal >= 1.0), c=4 {x['rps4'] / y['rps4']:.2f}x; "
+                f"memory (cgroup) {x['cgroup_mb'] / y['cgroup_mb']:.2f}x, (sum RSS) {x['rss_mb'] / y['rss_mb']:.2f}x "
+                f"(goal <= 0.35); cold start {x['cold_s'] / y['cold_s']:.2f}x (goal <= 1.0)"
+            )
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=8)
-    ap.add_argument("--setups", default="v1,v2,v2-1proc,v2-pool2")
+    ap.add_argument("--setups", default="v1,v2,v1-torch,v2-torch,v2-1proc,v2-pool2")
     args = ap.parse_args()
     from mnistkit.data import load_mnist
     from mnistkit.local.dockerd import LocalDocker, mnistkit_home
@@ -282,6 +288,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             images = build_images(client, make_model(folder), folder / "work")
+            for name, image in images.items():
+                print(f"image {name}: {client.images.get(image).attrs['Size'] / 1e6:.0f} MB", flush=True)
             chosen = {n: s for n, s in setups(images, pixels).items() if n in args.setups.split(",")}
             runs: dict[str, list[dict[str, float]]] = {n: [] for n in chosen}
             for r in range(args.rounds):

@@ -141,28 +141,33 @@ def _run(args):
     return CliRunner(mix_stderr=False).invoke(query_main, args)
 
 
-def test_bad_inputs_each_give_one_clear_line(server, tmp_path):
-    ep = ["--endpoint", f"127.0.0.1:{server.http_port}", "--route", "direct", "--retries", "0"]
+BAD_INPUTS = {  # case -> (arguments after the endpoint, given a tmp folder; what the one line says)
+    "missing file": (lambda tmp: [str(tmp / "nope.png")], "no such file"),
+    "not an image": (lambda tmp: [str(tmp / "notes.txt")], "not an image Pillow can read"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUTS))
+def test_bad_inputs_each_give_one_clear_line(case, server, tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
-    big = tmp_path / "big.png"
+    args, message = BAD_INPUTS[case]
+    r = _run(["--endpoint", f"127.0.0.1:{server.http_port}", "--route", "direct", "--retries", "0", *args(tmp_path)])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], lines
+
+
+def test_an_unreachable_endpoint_is_one_clear_line():
+    r = _run(["--endpoint", f"127.0.0.1:{free_port()}", "--retries", "1", "--timeout", "2", str(IMAGES / "87.png")])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: ") and "cannot reach" in lines[0]
+
+
+def test_an_image_of_another_size_is_read_with_a_warning(server, tmp_path):
     from PIL import Image
 
+    big = tmp_path / "big.png"
     Image.new("L", (56, 40), color=0).save(big)
-    cases = {
-        "missing file": (ep + [str(tmp_path / "nope.png")], "no such file"),
-        "not an image": (ep + [str(tmp_path / "notes.txt")], "not an image Pillow can read"),
-        "unreachable": (
-            ["--endpoint", f"127.0.0.1:{free_port()}", "--retries", "1", "--timeout", "2", str(IMAGES / "87.png")],
-            "cannot reach",
-        ),
-    }
-    for name, (args, message) in cases.items():
-        r = _run(args)
-        assert r.exit_code == 1, (name, r.stdout, r.stderr)
-        lines = r.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], (name, lines)
-    # another size is read, with a warning, not refused
-    r = _run(ep + [str(big)])
+    r = _run(["--endpoint", f"127.0.0.1:{server.http_port}", "--route", "direct", str(big)])
     assert r.exit_code == 0 and "resized to 28x28" in r.stderr
 
 

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..client import PAYLOADS, PAYLOADS_V2, PROTOCOLS, ROUTES, ROUTES_V2
 from ._common import errors_to_exit, setup_logging, verbosity
 
 if TYPE_CHECKING:
@@ -26,14 +27,14 @@ if TYPE_CHECKING:
 @click.option("--namespace", default="seldon", show_default=True, help="Namespace of the deployment.")
 @click.option(
     "--protocol",
-    type=click.Choice(["v1", "v2"]),
+    type=click.Choice(list(PROTOCOLS)),
     default="v1",
     show_default=True,
     help="v1: Seldon's protocol (the 2018 one); v2: the Open Inference Protocol (KServe, MLServer).",
 )
 @click.option(
     "--route",
-    type=click.Choice(["ambassador", "ambassador-v0.1", "direct", "seldon", "kserve"]),
+    type=click.Choice(list(dict.fromkeys([*ROUTES, *ROUTES_V2]))),
     help="v1 (default ambassador): ambassador /seldon/NS/DEPLOYMENT/api/v1.0/predictions, ambassador-v0.1 the 2018 "
     "/seldon/DEPLOYMENT/api/v0.1/predictions, direct /api/v1.0/predictions. v2 (default seldon): seldon "
     "/seldon/NS/DEPLOYMENT/v2/models/MODEL/infer, kserve /v2/models/MODEL/infer with Host DEPLOYMENT.NS.example.com, "
@@ -44,7 +45,7 @@ if TYPE_CHECKING:
 @click.option("--url", help="Full predictions URL (overrides --endpoint/--route).")
 @click.option(
     "--payload",
-    type=click.Choice(["tensor", "ndarray", "binData", "pixels", "images"]),
+    type=click.Choice([*PAYLOADS, *PAYLOADS_V2]),
     help="v1 (default tensor): tensor (raw 0..255 pixels as in 2018), ndarray, binData (the image file); "
     "v2 (default pixels): pixels (INT32), images (BYTES, base64 files).",
 )

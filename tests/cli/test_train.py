@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -91,10 +92,18 @@ def test_import_legacy_cli(tmp_path):
     assert (tmp_path / "runs" / "imported-model" / "model" / "manifest.json").exists()
 
 
-def test_every_command_answers_help():
-    for main in (train_main, build_main, query_main):
-        result = CliRunner(mix_stderr=False).invoke(main, ["--help"])
-        assert result.exit_code == 0 and "Usage" in result.output
+@pytest.mark.parametrize("command", ["mnistkit-train", "mnistkit-build", "mnistkit-query", "mnistkit-pipeline"])
+def test_every_command_answers_help(command):
+    from mnistkit.cli.pipeline import main as pipeline_main
+
+    main = {
+        "mnistkit-train": train_main,
+        "mnistkit-build": build_main,
+        "mnistkit-query": query_main,
+        "mnistkit-pipeline": pipeline_main,
+    }[command]
+    result = CliRunner(mix_stderr=False).invoke(main, ["--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
 
 
 def test_the_same_command_twice_gives_the_same_artifact_bytes(tmp_path):
