@@ -30,7 +30,7 @@ def _answers(port: int) -> bool:
 def test_pipeline_end_to_end_and_again(docker_engine, builder_image, tmp_path):
     port = free_port()
     config = PipelineConfig(
-        work_dir=str(tmp_path / "demo"), home=str(HOME), train_samples=3000, max_epochs=1, registry_port=port
+        work_dir=str(tmp_path / "demo"), home=str(HOME), train_samples=10000, max_epochs=2, registry_port=port
     )
     first = run(config)
     assert list(first.steps) == ["services", "search", "build", "serve", "manifests"]
@@ -49,9 +49,9 @@ def test_pipeline_end_to_end_and_again(docker_engine, builder_image, tmp_path):
             "--work-dir",
             str(tmp_path / "demo"),
             "--train-samples",
-            "3000",
+            "10000",
             "--max-epochs",
-            "1",
+            "2",
             "--registry-port",
             str(port),
             "--json",
@@ -114,4 +114,5 @@ def test_ctrl_c_stops_what_it_started(docker_engine, tmp_path):
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert not _answers(port)
-    assert not any(json.loads(table.read_text())[i]["status"] == "running" for i in range(4))
+    rows = json.loads(table.read_text())
+    assert rows and not any(row["status"] == "running" for row in rows)
