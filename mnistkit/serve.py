@@ -13,7 +13,11 @@ keeps it PID 1) with two module attributes of seldon-core replaced, nothing fork
   unknown routes (404) and wrong methods (405);
 * ``seldon_core.microservice.UserModelApplication`` gets gunicorn options Seldon does not
   expose: a graceful timeout that fits the pod's grace period, and a sync worker that on
-  SIGTERM serves the connections already queued on its socket before it exits.
+  SIGTERM serves the connections already queued on its socket before it exits;
+* ``seldon_core.metrics.SeldonMetrics`` keeps its shared dict, but its lock (a
+  ``multiprocessing.Manager().Lock()``, which nobody releases when its holder dies) becomes
+  ``HolderSafeLock``: a worker killed while it held the lock (OOM, kill -9) no longer
+  blocks every other worker forever.
 
 ``GRPC_WORKERS`` defaults to 0 here (REST only): with Seldon's default of 1, the main
 process waits forever on its gRPC child after SIGTERM.
@@ -22,12 +26,15 @@ process waits forever on its gRPC child after SIGTERM.
 from __future__ import annotations
 
 import errno
+import fcntl
 import io
 import json
 import logging
 import os
 import re
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -36,7 +43,7 @@ from typing import Any
 
 from gunicorn.workers.sync import SyncWorker
 
-__all__ = ["DrainingSyncWorker", "Guard", "GuardLimits", "guard_app", "install", "json_depth", "main"]
+__all__ = ["DrainingSyncWorker", "Guard", "GuardLimits", "HolderSafeLock", "guard_app", "install", "json_depth", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -278,6 +285,53 @@ class DrainingSyncWorker(SyncWorker):  # type: ignore[misc]
                 raise
 
 
+class HolderSafeLock:
+    """A lock between the processes forked from one parent that the kernel releases when its
+    holder dies: ``flock`` on a file that each process opens for itself (a lock belongs to an
+    open file description, which fork would share), and a thread lock within the process."""
+
+    def __init__(self) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="mnistkit-metrics-", suffix=".lock")
+        os.close(fd)
+        self._reset()
+        os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
+        self._threads = threading.Lock()
+        self._fd = -1
+
+    def __enter__(self) -> "HolderSafeLock":
+        self._threads.acquire()
+        try:
+            if self._fd < 0:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+        except BaseException:
+            self._threads.release()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._threads.release()
+
+
+def _holder_safe_metrics(metrics_class: Any) -> None:
+    """Give every ``SeldonMetrics`` made from now on a ``HolderSafeLock``."""
+    original = metrics_class.__init__
+    if getattr(original, "mnistkit_guarded", False):
+        return
+
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self._lock = HolderSafeLock()
+
+    __init__.mnistkit_guarded = True  # type: ignore[attr-defined]
+    metrics_class.__init__ = __init__
+
+
 def _application(base: type) -> type:
     """Seldon's gunicorn application with the options it does not expose."""
 
@@ -293,9 +347,11 @@ def _application(base: type) -> type:
 
 def install() -> None:
     """Patch seldon-core's REST app factory and gunicorn application (see the module docstring)."""
+    import seldon_core.metrics as metrics
     import seldon_core.microservice as microservice
     import seldon_core.wrapper as wrapper
 
+    _holder_safe_metrics(metrics.SeldonMetrics)
     original = wrapper.get_rest_microservice
     if getattr(original, "mnistkit_guarded", False):
         return

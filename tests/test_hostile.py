@@ -5,6 +5,7 @@ tests/test_faults.py."""
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -14,7 +15,7 @@ import psutil
 import pytest
 
 from mnistkit.local.microservice import start_microservice
-from mnistkit.serve import MAX_DEPTH, json_depth
+from mnistkit.serve import MAX_DEPTH, HolderSafeLock, json_depth
 from mnistkit.settings import Settings
 from support.hostile import CASES, GOOD, Request, send
 
@@ -140,3 +141,25 @@ def test_health_checks_do_not_zero_the_prediction_counters(trained_run, mnist):
     counts = {m["tags"]["digit"]: m["value"] for m in model.metrics() if m["key"] == "mnistkit_predictions_total"}
     want = np.bincount(probs.argmax(axis=1), minlength=10)
     assert counts == {str(d): int(v) for d, v in enumerate(want) if v}  # 7 predictions, none lost, none added
+
+
+def test_the_metrics_lock_is_released_when_its_holder_dies():
+    """A forked child takes the lock and dies holding it; the parent gets it at once, and the
+    lock still excludes: a second child waits while the parent holds it."""
+    lock = HolderSafeLock()
+    pid = os.fork()
+    if pid == 0:
+        lock.__enter__()
+        os._exit(0)  # no __exit__: as a kill -9 would leave it
+    os.waitpid(pid, 0)
+    took = time.monotonic()
+    with lock:
+        assert time.monotonic() - took < 1
+        child = os.fork()
+        if child == 0:
+            with lock:
+                os._exit(0)
+        time.sleep(0.5)
+        assert os.waitpid(child, os.WNOHANG) == (0, 0)  # still waiting for the lock
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

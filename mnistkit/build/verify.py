@@ -30,8 +30,11 @@ def digit_labels() -> dict[str, int]:
     return json.loads((files("mnistkit") / "assets" / "digits" / "labels.json").read_text())
 
 
-def serve_image(client: Any, image: str, timeout: float = 120) -> tuple[Any, str]:
-    """Run a model image on free loopback ports (host network) and wait for /health/ping.
+def serve_image(
+    client: Any, image: str, timeout: float = 120, environment: dict[str, str] | None = None
+) -> tuple[Any, str]:
+    """Run a model image on free loopback ports (host network) and wait for /health/ping;
+    ``environment`` adds to the container's environment.
 
     Returns (container, base URL); the caller removes the container. On failure the
     container is removed and ``PackagingError`` carries the end of its log."""
@@ -42,6 +45,7 @@ def serve_image(client: Any, image: str, timeout: float = 120) -> tuple[Any, str
         "PREDICTIVE_UNIT_HTTP_SERVICE_PORT": str(http),
         "PREDICTIVE_UNIT_GRPC_SERVICE_PORT": str(grpc),
         "PREDICTIVE_UNIT_METRICS_SERVICE_PORT": str(metrics),
+        **(environment or {}),
     }
     try:
         container = client.containers.run(
