@@ -12,8 +12,10 @@ keeps it PID 1) with two module attributes of seldon-core replaced, nothing fork
   a content type Seldon cannot read (415), JSON nested deeper than ``MAX_DEPTH`` (400),
   unknown routes (404) and wrong methods (405);
 * ``seldon_core.microservice.UserModelApplication`` gets gunicorn options Seldon does not
-  expose: a graceful timeout that fits the pod's grace period, and a sync worker that on
-  SIGTERM serves the connections already queued on its socket before it exits;
+  expose: a graceful timeout that fits the pod's grace period, a sync worker that on
+  SIGTERM serves the connections already queued on its socket before it exits, and a
+  ``pre_fork`` hook that imports ONNX Runtime in the arbiter and freezes its objects
+  (``gc.freeze``) so the workers share those pages instead of copying them;
 * ``seldon_core.metrics.SeldonMetrics`` keeps its shared dict, but its lock (a
   ``multiprocessing.Manager().Lock()``, which nobody releases when its holder dies) becomes
   ``HolderSafeLock``: a worker killed while it held the lock (OOM, kill -9) no longer
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import gc
 import io
 import json
 import logging
@@ -325,11 +328,32 @@ def _holder_safe_metrics(metrics_class: Any) -> None:
         return
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        _freeze()  # the metrics manager's process forks here
         original(self, *args, **kwargs)
         self._lock = HolderSafeLock()
 
     __init__.mnistkit_guarded = True  # type: ignore[attr-defined]
     metrics_class.__init__ = __init__
+
+
+def _freeze() -> None:
+    """Before a fork: with the parent's objects frozen, the child's collector never walks (and
+    so never copies) the pages they share."""
+    gc.collect()
+    gc.freeze()
+
+
+def _preload_and_freeze(server: Any, worker: Any) -> None:
+    """gunicorn's ``pre_fork`` hook: import ONNX Runtime in the arbiter (after Seldon's metrics
+    processes have forked, which never use it), so the workers share its pages; then freeze."""
+    from .settings import settings
+
+    if settings().runtime != "torch":
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            pass  # a torch-only image: MnistModel says so when it loads
+    _freeze()
 
 
 def _application(base: type) -> type:
@@ -340,6 +364,7 @@ def _application(base: type) -> type:
             options = dict(options or {})
             options["graceful_timeout"] = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", GRACEFUL_TIMEOUT))
             options["worker_class"] = "mnistkit.serve.DrainingSyncWorker"
+            options["pre_fork"] = _preload_and_freeze
             super().__init__(*args, options=options, **kwargs)
 
     return Application
