@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -17,7 +19,12 @@ from mnistkit.cli.build import main as build_main
 from mnistkit.errors import ManifestError
 from mnistkit.manifests import ManifestConfig, cluster_images, manifests_for
 from mnistkit.manifests.resources import argo_workflow, pvcs, seldon_deployment
-from mnistkit.manifests.validate import validate_pvcs, validate_seldon, validate_workflow
+from mnistkit.manifests.validate import (
+    validate_inference_service,
+    validate_pvcs,
+    validate_seldon,
+    validate_workflow,
+)
 from mnistkit.polyaxonfile import read_polyaxonfile
 from mnistkit.search import SearchConfig, run_group
 from support import REPO
@@ -183,13 +190,59 @@ def test_invalid_polyaxonfile_writes_nothing(trained_run, tmp_path, monkeypatch)
     assert not list((tmp_path / "out").glob("*.yaml"))
 
 
-def test_examples_cluster_folder_is_current_and_valid():
-    folder = REPO / "examples" / "cluster"
-    sd = yaml.safe_load((folder / "seldondeployment.yaml").read_text())
-    validate_seldon(sd)
-    validate_workflow(yaml.safe_load((folder / "argo-workflow.yaml").read_text()))
-    validate_pvcs(list(yaml.safe_load_all((folder / "pvcs.yaml").read_text())))
-    assert (folder / "README.md").exists()
+def _leaves(node, path=""):
+    """(key path, value) of every leaf of a YAML document."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _leaves(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _leaves(v, f"{path}[{i}]")
+    else:
+        yield path, node
+
+
+def _shape(doc):
+    """Every key path of a document, and its images without tag or digest: what the code
+    decides, not what the run decided (hashes, accuracy, versions)."""
+    for path, value in _leaves(doc):
+        if path.endswith(".image"):
+            yield f"{path}={re.split(r'[@:]', str(value).rsplit('/', 1)[-1])[0]}"
+        else:
+            yield path
+
+
+EXAMPLES = {
+    "argo-workflow.yaml": {},
+    "seldondeployment.yaml": {},
+    "pvcs.yaml": {},
+    "kserve/inferenceservice.yaml": {"server": "mlserver", "namespace": "default"},
+    "kserve/seldondeployment-v2.yaml": {"server": "mlserver"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_examples_cluster_folder_is_current_and_valid(group, tmp_path, name):
+    """Each file of examples/cluster is valid and has the shape the code writes today."""
+    example = REPO / "examples" / "cluster" / name
+    docs = list(yaml.safe_load_all(example.read_text()))
+    images = [v for d in docs for p, v in _leaves(d) if p.endswith(".image") and "/mnistkit/mnist" in v]
+    opts = EXAMPLES[name]
+    written = manifests_for(
+        group.group_dir, tmp_path, image=images[0] if images else IMAGE, registry="registry.example.com", **opts
+    )
+    fresh = tmp_path / Path(name).name.replace("-v2", "")
+    assert fresh in written
+    want = [sorted(_shape(d)) for d in yaml.safe_load_all(fresh.read_text())]
+    assert [sorted(_shape(d)) for d in docs] == want, f"regenerate examples/cluster/{name}"
+    if name.endswith("seldondeployment.yaml") or name.endswith("-v2.yaml"):
+        validate_seldon(docs[0])
+    elif name == "argo-workflow.yaml":
+        validate_workflow(docs[0])
+    elif name == "pvcs.yaml":
+        validate_pvcs(docs)
+    else:
+        validate_inference_service(docs[0])
 
 
 @pytest.mark.cluster

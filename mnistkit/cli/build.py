@@ -248,7 +248,7 @@ def manifests_cmd(
     type=click.Choice(["seldon-onnx", "seldon-torch", "mlserver-onnx", "mlserver-torch", "tool", "train"]),
     default="seldon-onnx",
     show_default=True,
-    help="Which image: an s2i builder (v1 on ONNX Runtime or torch, V2 on torch), the build tool (the Argo step) "
+    help="Which image: an s2i builder (v1 or V2, on ONNX Runtime or torch), the build tool (the Argo step) "
     "or the training image.",
 )
 @click.option(
@@ -259,7 +259,7 @@ def manifests_cmd(
 @click.option(
     "--runtime",
     type=click.Choice(["onnx", "torch"]),
-    help="With --server: the builder for this runtime (default: the server's default, onnx for seldon).",
+    help="With --server: the builder for this runtime (default: onnx for both servers).",
 )
 @click.option("--tool", is_flag=True, help="Same as --kind tool.")
 @click.option("--train", is_flag=True, help="Same as --kind train.")
