@@ -293,8 +293,18 @@ class HolderSafeLock:
     holder dies: ``flock`` on a file that each process opens for itself (a lock belongs to an
     open file description, which fork would share), and a thread lock within the process."""
 
-    def __init__(self) -> None:
-        fd, self.path = tempfile.mkstemp(prefix="mnistkit-metrics-", suffix=".lock")
+    def __init__(self, folders: tuple[str | None, ...] = (None, "/dev/shm")) -> None:
+        """The lock file goes in the first folder that takes it (None: the temp folder); a
+        read-only root filesystem usually still has /dev/shm. OSError if none does."""
+        error = OSError("no folder for the lock file")
+        for folder in folders:
+            try:
+                fd, self.path = tempfile.mkstemp(prefix="mnistkit-metrics-", suffix=".lock", dir=folder)
+                break
+            except OSError as e:
+                error = e
+        else:
+            raise error
         os.close(fd)
         self._reset()
         os.register_at_fork(after_in_child=self._reset)
@@ -330,7 +340,10 @@ def _holder_safe_metrics(metrics_class: Any) -> None:
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         _freeze()  # the metrics manager's process forks here
         original(self, *args, **kwargs)
-        self._lock = HolderSafeLock()
+        try:
+            self._lock = HolderSafeLock()
+        except OSError as e:  # nowhere to write a lock file: Seldon's own lock
+            log.warning("metrics keep seldon-core's lock (a worker killed while holding it blocks the others): %s", e)
 
     __init__.mnistkit_guarded = True  # type: ignore[attr-defined]
     metrics_class.__init__ = __init__

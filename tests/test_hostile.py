@@ -9,6 +9,7 @@ import os
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -163,3 +164,12 @@ def test_the_metrics_lock_is_released_when_its_holder_dies():
         assert os.waitpid(child, os.WNOHANG) == (0, 0)  # still waiting for the lock
     _, status = os.waitpid(child, 0)
     assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_the_metrics_lock_file_goes_to_the_first_folder_that_takes_it(tmp_path):
+    lock = HolderSafeLock(folders=(str(tmp_path / "missing"), str(tmp_path)))
+    assert Path(lock.path).parent == tmp_path
+    with lock:
+        pass
+    with pytest.raises(OSError):
+        HolderSafeLock(folders=(str(tmp_path / "missing"),))
