@@ -3,7 +3,7 @@
     python -m mnistkit.serve MnistModel --service-type MODEL [seldon-core-microservice options]
 
 It runs ``seldon_core.microservice.main()`` in this process (so ``exec`` in ``s2i/bin/run``
-keeps it PID 1) with two module attributes of seldon-core replaced, nothing forked:
+keeps it PID 1) with three pieces of seldon-core replaced, nothing forked by mnistkit itself:
 
 * ``seldon_core.wrapper.get_rest_microservice`` returns Seldon's Flask app unchanged, its
   ``wsgi_app`` wrapped in ``Guard``: what Seldon would parse whole or answer with a 500 is
