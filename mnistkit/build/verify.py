@@ -16,7 +16,7 @@ from ..errors import PackagingError
 from ..local._proc import free_port, wait_http
 from .source import ModelSource
 
-__all__ = ["example_digits", "digit_labels", "serve_image", "smoke_test"]
+__all__ = ["example_digits", "digit_labels", "run_on_loopback", "serve_image", "smoke_test"]
 
 
 def example_digits() -> list[Path]:
@@ -30,6 +30,33 @@ def digit_labels() -> dict[str, int]:
     return json.loads((files("mnistkit") / "assets" / "digits" / "labels.json").read_text())
 
 
+def run_on_loopback(
+    client: Any, image: str, environment: dict[str, str], http: int, ready: str, timeout: float, waiting: str
+) -> tuple[Any, str]:
+    """Run ``image`` on the host network with ``environment`` and wait until ``ready`` (a path
+    on port ``http``) answers. Returns (container, base URL); the caller removes the container.
+    On failure the container is removed and ``PackagingError`` says it ``waiting`` (e.g. "did not
+    serve") with the end of its log."""
+    import docker
+
+    try:
+        container = client.containers.run(
+            image, detach=True, network_mode="host", environment=environment, labels={"io.mnistkit.served": image}
+        )
+    except docker.errors.ImageNotFound:
+        raise PackagingError(f"image {image} not found; build it first") from None
+    except docker.errors.APIError as e:
+        raise PackagingError(f"cannot run {image}: {e.explanation or e}") from None
+    url = f"http://127.0.0.1:{http}"
+    if not wait_http(f"{url}{ready}", timeout):
+        container.reload()
+        logs = container.logs(tail=5).decode(errors="replace").strip().replace("\n", " | ")
+        status = container.status
+        container.remove(force=True)
+        raise PackagingError(f"{image} {waiting} within {timeout:.0f}s (status {status}): {logs}")
+    return container, url
+
+
 def serve_image(
     client: Any, image: str, timeout: float = 120, environment: dict[str, str] | None = None
 ) -> tuple[Any, str]:
@@ -38,8 +65,6 @@ def serve_image(
 
     Returns (container, base URL); the caller removes the container. On failure the
     container is removed and ``PackagingError`` carries the end of its log."""
-    import docker
-
     http, grpc, metrics = free_port(), free_port(), free_port()
     env = {
         "PREDICTIVE_UNIT_HTTP_SERVICE_PORT": str(http),
@@ -47,22 +72,7 @@ def serve_image(
         "PREDICTIVE_UNIT_METRICS_SERVICE_PORT": str(metrics),
         **(environment or {}),
     }
-    try:
-        container = client.containers.run(
-            image, detach=True, network_mode="host", environment=env, labels={"io.mnistkit.served": image}
-        )
-    except docker.errors.ImageNotFound:
-        raise PackagingError(f"image {image} not found; build it first") from None
-    except docker.errors.APIError as e:
-        raise PackagingError(f"cannot run {image}: {e.explanation or e}") from None
-    url = f"http://127.0.0.1:{http}"
-    if not wait_http(f"{url}/health/ping", timeout):
-        container.reload()
-        logs = container.logs(tail=5).decode(errors="replace").strip().replace("\n", " | ")
-        status = container.status
-        container.remove(force=True)
-        raise PackagingError(f"{image} did not serve within {timeout:.0f}s (status {status}): {logs}")
-    return container, url
+    return run_on_loopback(client, image, env, http, "/health/ping", timeout, "did not serve")
 
 
 def smoke_test(

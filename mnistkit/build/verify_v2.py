@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PackagingError
-from ..local._proc import free_port, wait_http
+from ..local._proc import free_port
 from .source import ModelSource
-from .verify import example_digits
+from .verify import example_digits, run_on_loopback
 
 __all__ = ["serve_image_v2", "smoke_test_v2"]
 
@@ -24,8 +24,6 @@ def serve_image_v2(client: Any, image: str, timeout: float = 120, env: dict[str,
     """Run a V2 image on free loopback ports (host network) and wait for /v2/health/ready.
 
     Returns (container, base URL); the caller removes the container."""
-    import docker
-
     http = free_port()
     ports = {
         "MLSERVER_HOST": "127.0.0.1",
@@ -33,26 +31,7 @@ def serve_image_v2(client: Any, image: str, timeout: float = 120, env: dict[str,
         "MLSERVER_GRPC_PORT": str(free_port()),
         "MLSERVER_METRICS_PORT": str(free_port()),
     }
-    try:
-        container = client.containers.run(
-            image,
-            detach=True,
-            network_mode="host",
-            environment={**ports, **(env or {})},
-            labels={"io.mnistkit.served": image},
-        )
-    except docker.errors.ImageNotFound:
-        raise PackagingError(f"image {image} not found; build it first") from None
-    except docker.errors.APIError as e:
-        raise PackagingError(f"cannot run {image}: {e.explanation or e}") from None
-    url = f"http://127.0.0.1:{http}"
-    if not wait_http(f"{url}/v2/health/ready", timeout):
-        container.reload()
-        logs = container.logs(tail=5).decode(errors="replace").strip().replace("\n", " | ")
-        status = container.status
-        container.remove(force=True)
-        raise PackagingError(f"{image} was not ready within {timeout:.0f}s (status {status}): {logs}")
-    return container, url
+    return run_on_loopback(client, image, {**ports, **(env or {})}, http, "/v2/health/ready", timeout, "was not ready")
 
 
 def smoke_test_v2(
