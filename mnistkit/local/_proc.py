@@ -16,11 +16,23 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar, Self
 
 from ..errors import MnistkitError
 
-__all__ = ["free_port", "port_free", "find_exe", "spawn", "wait_until", "http_status", "wait_http", "stop_group"]
+__all__ = [
+    "ChildServer",
+    "free_port",
+    "port_free",
+    "find_exe",
+    "spawn",
+    "wait_until",
+    "http_status",
+    "wait_http",
+    "stop_group",
+]
 
 
 def free_port() -> int:
@@ -129,3 +141,33 @@ def _alive(pid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+@dataclass
+class ChildServer:
+    """A server mnistkit started as a child process group on loopback ports; a context
+    manager that stops the whole group."""
+
+    proc: subprocess.Popen[bytes]
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    log_path: Path
+    url: str = field(init=False)
+    #: seconds the group gets between SIGTERM and SIGKILL
+    stop_timeout: ClassVar[float] = 20
+
+    def __post_init__(self) -> None:
+        self.url = f"http://127.0.0.1:{self.http_port}"
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        stop_group(self.proc, timeout=self.stop_timeout)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

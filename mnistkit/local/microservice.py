@@ -8,40 +8,19 @@ whole group is stopped.
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ServingError
-from ._proc import find_exe, free_port, spawn, stop_group, wait_http
+from ._proc import ChildServer, find_exe, free_port, spawn, wait_http
 
 __all__ = ["Microservice", "start_microservice"]
 
 
-@dataclass
-class Microservice:
-    proc: subprocess.Popen[bytes]
-    http_port: int
-    metrics_port: int
-    grpc_port: int
-    log_path: Path
-    url: str = field(init=False)
+class Microservice(ChildServer):
+    """``seldon-core-microservice`` running as a child process group."""
 
-    def __post_init__(self) -> None:
-        self.url = f"http://127.0.0.1:{self.http_port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        stop_group(self.proc, timeout=10)
-
-    def __enter__(self) -> "Microservice":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    stop_timeout = 10
 
 
 def start_microservice(
@@ -78,7 +57,7 @@ def start_microservice(
         env=full_env,
         cwd=cwd,
     )
-    service = Microservice(proc, http, metrics, grpc, log)
+    service = Microservice(proc, http_port=http, grpc_port=grpc, metrics_port=metrics, log_path=log)
     if not wait_http(f"{service.url}/health/ping", timeout, proc=proc):
         service.stop()
         tail = "\n".join(service.log().splitlines()[-5:])

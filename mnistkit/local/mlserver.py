@@ -10,40 +10,17 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ServingError
-from ._proc import free_port, spawn, stop_group, wait_http
+from ._proc import ChildServer, free_port, spawn, wait_http
 
 __all__ = ["V2Server", "write_model_folder", "start_mlserver"]
 
 
-@dataclass
-class V2Server:
-    proc: subprocess.Popen[bytes]
-    http_port: int
-    grpc_port: int
-    metrics_port: int
-    log_path: Path
-    url: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.url = f"http://127.0.0.1:{self.http_port}"
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def stop(self) -> None:
-        stop_group(self.proc, timeout=20)
-
-    def __enter__(self) -> "V2Server":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+class V2Server(ChildServer):
+    """``mnistkit.launch_v2`` (MLServer) running as a child process group."""
 
 
 def write_model_folder(model_dir: str | os.PathLike[str], folder: str | os.PathLike[str], *, max_batch: int) -> Path:
