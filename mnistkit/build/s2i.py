@@ -36,6 +36,7 @@ __all__ = [
     "BuilderContract",
     "S2I_ENVIRONMENT",
     "make_source_folder",
+    "write_source_folder",
     "read_s2i_environment",
     "s2i_build",
     "s2i_binary_build",
@@ -70,11 +71,30 @@ def make_source_folder(
     wheel_cache: Path | None = None,
 ) -> Path:
     """Write the s2i source folder: the model module, ``model/``, ``requirements.txt``,
-    ``.s2i/environment`` and the wheel of the running mnistkit. Written into a temporary
-    folder and renamed, so ``dest`` is either complete or absent; an existing non-empty
-    ``dest`` is refused."""
+    ``.s2i/environment`` and the wheel of the running mnistkit (see ``write_source_folder``)."""
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", model_name):
         raise PackagingError(f"model name {model_name!r} must be a Python identifier (it names MODEL_NAME.py)")
+    return write_source_folder(
+        source,
+        dest,
+        environment={**S2I_ENVIRONMENT, "MODEL_NAME": model_name},
+        files={f"{model_name}.py": MODEL_MODULE.format(name=model_name)},
+        wheel_cache=wheel_cache,
+    )
+
+
+def write_source_folder(
+    source: ModelSource,
+    dest: str | os.PathLike[str],
+    *,
+    environment: dict[str, str],
+    files: dict[str, str],
+    wheel_cache: Path | None = None,
+) -> Path:
+    """What every mnistkit s2i source folder holds — ``model/`` (the verified files, copied, never
+    linked), mnistkit's own wheel with a ``requirements.txt`` naming it, ``.s2i/environment`` —
+    plus ``files`` (name: text). Written into a temporary folder and renamed, so ``dest`` is
+    either complete or absent; an existing non-empty ``dest`` is refused."""
     out = Path(dest)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PackagingError(f"{out} already exists and is not empty; choose another folder")
@@ -83,7 +103,8 @@ def make_source_folder(
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     os.chmod(tmp, 0o755)
     try:
-        (tmp / f"{model_name}.py").write_text(MODEL_MODULE.format(name=model_name))
+        for name, text in files.items():
+            (tmp / name).write_text(text)
         (tmp / "model").mkdir()
         for name in ["manifest.json", *source.manifest["files"]]:
             shutil.copyfile(source.artifact / name, tmp / "model" / name)  # contents only, never a link
@@ -94,8 +115,7 @@ def make_source_folder(
             f"./wheels/{wheel.name}\n"
         )
         (tmp / ".s2i").mkdir()
-        env = {**S2I_ENVIRONMENT, "MODEL_NAME": model_name}
-        (tmp / ".s2i" / "environment").write_text("".join(f"{k}={v}\n" for k, v in env.items()))
+        (tmp / ".s2i" / "environment").write_text("".join(f"{k}={v}\n" for k, v in environment.items()))
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
