@@ -23,7 +23,6 @@ import io
 import json
 import re
 import shutil
-import subprocess
 import tarfile
 import tempfile
 import time
@@ -33,8 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from mnistkit.imageref import ImageRef
-from mnistkit.local._proc import find_exe, free_port, http_status, wait_until
+from mnistkit.local._proc import http_status, wait_until
 from mnistkit.local.dockerd import LocalDocker
+from support.nginx import Nginx
 
 HERE = Path(__file__).resolve().parent
 FORWARD = HERE / "forward.py"
@@ -502,60 +502,26 @@ def _ping_unix(sock: Path) -> bool:
 
 # -- the gateway ----------------------------------------------------------------------------------
 
-NGINX = """
-{user}
-daemon off;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log;
-events {{ worker_connections 256; }}
-http {{
-  access_log {root}/access.log;
-  client_body_temp_path {root}/body; proxy_temp_path {root}/proxy; fastcgi_temp_path {root}/fastcgi;
-  uwsgi_temp_path {root}/uwsgi; scgi_temp_path {root}/scgi;
-  client_max_body_size 64m;
+SERVER = """
   server {{
     listen 127.0.0.1:{port};
 {locations}
     location / {{ return 404 '{{"status": {{"info": "no mapping", "code": 404}}}}'; }}
   }}
-}}
 """
 
 
-class Gateway:
+class Gateway(Nginx):
     """nginx routing a SeldonDeployment's Ambassador paths to its pod, as Ambassador and the
     executor would: /seldon/<namespace>/<name>/api/v1.0/predictions -> the pod's /api/v1.0/predictions."""
 
     def __init__(self, root: Path) -> None:
-        import os
-
-        self.root, self.port, self.routes = root, free_port(), []
-        root.mkdir(parents=True, exist_ok=True)
-        self.user = "user root;" if os.geteuid() == 0 else ""
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(root)
+        self.routes: list[str] = []
 
     def route(self, namespace: str, name: str, socket: Path) -> None:
         self.routes.append(f"    location /seldon/{namespace}/{name}/ {{ proxy_pass http://unix:{socket}:/; }}")
-        self._reload()
-
-    def _reload(self) -> None:
-        conf = self.root / "nginx.conf"
-        conf.write_text(NGINX.format(user=self.user, root=self.root, port=self.port, locations="\n".join(self.routes)))
-        self.stop()
-        nginx = find_exe("nginx", "apt-get install nginx-light", AssertionError)
-        self.proc = subprocess.Popen(
-            [nginx, "-p", str(self.root), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+        self.start(
+            SERVER.format(port=self.port, locations="\n".join(self.routes)),
+            lambda: http_status(f"http://{self.endpoint}/") == 404,
         )
-        if not wait_until(lambda: http_status(f"http://127.0.0.1:{self.port}/") == 404, 20, proc=self.proc):
-            raise RuntimeError((self.root / "error.log").read_text())
-
-    @property
-    def endpoint(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
