@@ -64,6 +64,8 @@ wrk.body = [[{body}]]
 
 
 def wrk(url: str, body: str, seconds: int, connections: int, folder: Path) -> dict[str, float]:
+    """wrk (one thread) posting ``body``: req/s, p50 and p99 in ms, ``errors`` (non-2xx answers)
+    and ``failed`` (those plus socket errors). The one wrk runner of the benchmarks."""
     script = folder / "post.lua"
     script.write_text(WRK_SCRIPT.format(body=body))
     exe = shutil.which("wrk") or "/usr/bin/wrk"
@@ -73,15 +75,20 @@ def wrk(url: str, body: str, seconds: int, connections: int, folder: Path) -> di
         text=True,
         check=True,
     ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert rps, out
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    sockets = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
 
     def pct(p: str) -> float:
         m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.M)
+        assert m, out
         value, unit = float(m.group(1)), m.group(2)
         return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
-    return {"rps": rps, "p50_ms": pct("50"), "p99_ms": pct("99"), "errors": int(non2xx.group(1)) if non2xx else 0}
+    errors = int(non2xx.group(1)) if non2xx else 0
+    failed = errors + (sum(map(int, sockets.groups())) if sockets else 0)
+    return {"rps": float(rps.group(1)), "p50_ms": pct("50"), "p99_ms": pct("99"), "errors": errors, "failed": failed}
 
 
 def memory_mb(pid: int) -> tuple[float, float]:

@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
-import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,10 +32,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from serve_bench import wrk
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))  # the hostile payload table the V2 tests use
 
-WRK = 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = [[{body}]]\n'
 
 V1_HOSTILE = {
     "malformed json": b"{bad",
@@ -147,31 +145,6 @@ def _post(url: str, body: bytes, timeout: float = 30) -> int | None:
         return int(e.code)
     except OSError:
         return None
-
-
-def wrk(url: str, body: str, seconds: int, connections: int, folder: Path) -> dict[str, float]:
-    script = folder / "post.lua"
-    script.write_text(WRK.format(body=body))
-    exe = shutil.which("wrk") or "/usr/bin/wrk"
-    out = subprocess.run(
-        [exe, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-
-    def pct(p: str) -> float:
-        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)", out, re.M)
-        assert m, out
-        value, unit = float(m.group(1)), m.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    assert rps, out
-    failed = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, errors.groups())) if errors else 0)
-    return {"rps": float(rps.group(1)), "p50_ms": pct("50"), "p99_ms": pct("99"), "failed": failed}
 
 
 class MemorySampler(threading.Thread):
