@@ -162,6 +162,30 @@ def test_pvc_validator_bites_and_agrees_with_kubernetes_validate(cfg, case, tmp_
         assert kubernetes_validate(docs[0], tmp_path) != 0
 
 
+@pytest.mark.parametrize("server", ["seldon", "mlserver"])
+def test_serving_containers_run_restricted_on_a_read_only_root(cfg, server):
+    """What the rehearsal runs them with (tests/rehearsal, tests/build/test_v2_image.py): the
+    images keep their temporary files in /dev/shm when the root is read-only."""
+    from dataclasses import replace
+
+    from mnistkit.manifests.kserve import inference_service
+    from mnistkit.manifests.resources import SERVING_SECURITY
+
+    cfg = replace(cfg, server=server).validate()
+    sdep = seldon_deployment(cfg)
+    containers = [sdep["spec"]["predictors"][0]["componentSpecs"][0]["spec"]["containers"][0]]
+    validate_seldon(sdep)
+    if server == "mlserver":
+        isvc = inference_service(cfg)
+        validate_inference_service(isvc)
+        containers.append(isvc["spec"]["predictor"]["containers"][0])
+    for c in containers:
+        sc = c["securityContext"]
+        assert sc == SERVING_SECURITY and sc is not SERVING_SECURITY
+        assert sc["readOnlyRootFilesystem"] and sc["runAsNonRoot"] and sc["capabilities"]["drop"] == ["ALL"]
+        assert sc["allowPrivilegeEscalation"] is False and "privileged" not in sc
+
+
 def test_bad_name_is_refused_before_anything_is_written(trained_run, tmp_path):
     r = CliRunner(mix_stderr=False).invoke(
         build_main,

@@ -2,7 +2,7 @@
 
 ``serving.kserve.io/v1beta1`` with a custom predictor: one container named
 ``kserve-container`` (KServe's name for it; the Service reads its port from the first
-container), the image by digest, ``PROTOCOL=v2`` (a custom container has no
+container), the image by digest, a restricted read-only security context, ``PROTOCOL=v2`` (a custom container has no
 ``protocolVersion`` field), port ``http1`` 8080 (the one name both the Standard and the
 Knative deployment modes accept), HTTP probes on the V2 health routes (KServe would add
 only a TCP probe) and two cores (KServe's default is one; the image runs two server
@@ -13,9 +13,10 @@ container, so the image's own command runs (``mnistkit.launch_v2``).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
-from .resources import ManifestConfig
+from .resources import SERVING_SECURITY, ManifestConfig
 
 __all__ = ["HTTP_PORT", "METRICS_PORT", "inference_service", "kserve_host"]
 
@@ -48,6 +49,7 @@ def _container(cfg: ManifestConfig) -> dict[str, Any]:
             "requests": {"cpu": str(max(1, cfg.workers)), "memory": cfg.memory},
             "limits": {"cpu": str(max(1, cfg.workers)), "memory": cfg.memory_limit},
         },
+        "securityContext": copy.deepcopy(SERVING_SECURITY),
     }
 
 

@@ -1,8 +1,8 @@
 """The cluster resources, as plain dicts (no I/O, no validation):
 
 * a SeldonDeployment (``machinelearning.seldon.io/v1``, or ``v1alpha2`` for older clusters)
-  serving the pushed image, pinned by digest when known — ``protocol: v2`` for a V2
-  (``--server mlserver``) image; the KServe InferenceService is in ``kserve.py``;
+  serving the pushed image, pinned by digest when known, in a restricted, read-only security
+  context — ``protocol: v2`` for a V2 (``--server mlserver``) image; the KServe InferenceService is in ``kserve.py``;
 * an Argo ``Workflow`` that packages and pushes in the cluster with the build-tool image,
   talking to a docker-in-docker sidecar in the same pod (never the node's
   ``/var/run/docker.sock``), the model read from a PVC and the registry credentials from a
@@ -15,6 +15,7 @@ user gives, tagged as mnistkit tags them: by a digest of what goes into them.
 
 from __future__ import annotations
 
+import copy
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,12 +23,22 @@ from typing import Any
 from ..errors import ManifestError
 from ..imageref import ImageRef
 
-__all__ = ["ManifestConfig", "seldon_deployment", "argo_workflow", "pvcs", "DNS1123", "FS_GROUP"]
+__all__ = ["ManifestConfig", "seldon_deployment", "argo_workflow", "pvcs", "DNS1123", "FS_GROUP", "SERVING_SECURITY"]
 
 DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 #: The group every pod runs with (``securityContext.fsGroup``), so mnistkit's images (user
 #: 1001, group 0) can write the volumes they are given.
 FS_GROUP = 1001
+#: The serving container's securityContext: what Kubernetes' "restricted" Pod Security Standard
+#: asks, and a read-only root. The images run as user 1001 and keep their temporary files in
+#: /dev/shm when /tmp is read-only (their s2i run scripts), so they serve as they are.
+SERVING_SECURITY: dict[str, Any] = {
+    "runAsNonRoot": True,
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,7 @@ def _v2_container(cfg: ManifestConfig) -> dict[str, Any]:
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10},
         "resources": {"requests": {"cpu": cfg.cpu, "memory": cfg.memory}, "limits": {"memory": cfg.memory_limit}},
+        "securityContext": copy.deepcopy(SERVING_SECURITY),
     }
 
 
@@ -129,6 +141,7 @@ def seldon_deployment(cfg: ManifestConfig) -> dict[str, Any]:
         "imagePullPolicy": "IfNotPresent",
         "env": [{"name": "GUNICORN_WORKERS", "value": str(cfg.workers)}, {"name": "GUNICORN_THREADS", "value": "1"}],
         "resources": {"requests": {"cpu": cfg.cpu, "memory": cfg.memory}, "limits": {"memory": cfg.memory_limit}},
+        "securityContext": copy.deepcopy(SERVING_SECURITY),
     }
     if cfg.server == "mlserver":
         container = _v2_container(cfg)

@@ -91,28 +91,37 @@ def _table_digits(stdout: str) -> dict[str, int]:
     return {ln.split()[0].rsplit("/", 1)[-1]: int(ln.split()[1]) for ln in stdout.splitlines()[1:]}
 
 
-def _kserve_env(image: str) -> dict[str, str]:
-    """The env the generated InferenceService gives the container (KServe adds none to a custom one)."""
+def _kserve_container(image: str) -> dict:
+    """The container the generated InferenceService declares (KServe adds no env or args to a custom one)."""
     from mnistkit.manifests import ManifestConfig, cluster_images
     from mnistkit.manifests.kserve import inference_service
 
     cfg = ManifestConfig(image=image, server="mlserver", namespace="default", **cluster_images(None, "mlserver"))
     container = inference_service(cfg.validate())["spec"]["predictor"]["containers"][0]
     assert "args" not in container and "command" not in container  # the image's own CMD runs
-    return {e["name"]: e["value"] for e in container["env"]}
+    return container
 
 
 @pytest.mark.server
 def test_rehearsal_as_kserve_starts_a_custom_predictor(v2_built, docker_client, tmp_path):
     """Knative mode: the manifest's env plus the PORT Knative sets (the launcher reads it when
-    MLSERVER_HTTP_PORT is unset); gRPC and metrics on free ports only because this host network
-    is shared. nginx routes by Host, as KServe's ingress does."""
+    MLSERVER_HTTP_PORT is unset), and its securityContext (read-only root, no capabilities, no
+    new privileges, non-root) as runc gets it; gRPC and metrics on free ports only because this
+    host network is shared. nginx routes by Host, as KServe's ingress does."""
     from support.kserve_gateway import V2Gateway
+    from support.rehearsal import security_options
 
     port = free_port()
-    env = {**_kserve_env(v2_built.reference), "PORT": str(port)}
+    spec = _kserve_container(v2_built.reference)
+    env = {**{e["name"]: e["value"] for e in spec["env"]}, "PORT": str(port)}
     env.update(MLSERVER_GRPC_PORT=str(free_port()), MLSERVER_METRICS_PORT=str(free_port()))
-    container = docker_client.containers.run(v2_built.reference, detach=True, network_mode="host", environment=env)
+    security = security_options(
+        spec["securityContext"], docker_client.images.get(v2_built.reference).attrs["Config"]["User"]
+    )
+    assert security["read_only"] and security["cap_drop"] == ["ALL"]
+    container = docker_client.containers.run(
+        v2_built.reference, detach=True, network_mode="host", environment=env, **security
+    )
     try:
         assert wait_http(f"http://127.0.0.1:{port}/v2/health/ready", 120), container.logs(tail=10).decode()
         gw = V2Gateway(tmp_path / "nginx", port, name="mnist", namespace="default")

@@ -271,8 +271,16 @@ def test_a_workflow_without_docker_storage_on_a_volume_is_caught(node, trial, cl
     [
         (lambda c: c.update(image=c["image"].split("@")[0] + "@sha256:" + "0" * 64), "not found"),
         (lambda c: c.update(name="model"), "no container is named like the graph node"),
+        (lambda c: c["securityContext"].update(runAsUser=0), "runAsNonRoot and image will run as root"),
+        # the read-only root is real: temporary files kept on it (not /dev/shm) stop the server
+        (lambda c: c["env"].append({"name": "TMPDIR", "value": "/tmp"}), "did not become ready"),
     ],
-    ids=["seldon: an image digest the registry does not hold", "seldon: a container the graph does not name"],
+    ids=[
+        "seldon: an image digest the registry does not hold",
+        "seldon: a container the graph does not name",
+        "seldon: root where the context says non-root",
+        "seldon: temporary files on the read-only root",
+    ],
 )
 def test_a_broken_seldon_deployment_fails_its_rehearsal(node, workflow, trial, tmp_path, mutate, expected):
     manifests_for(trial["run_dir"], tmp_path, image=workflow["reference"])

@@ -6,7 +6,8 @@ and its engine (Polyaxon, Argo, the Seldon Core operator) would run it. No clust
   (never from the engine that built them), volumes named after the claims, secrets as files;
 * ``Pod`` — containers sharing one network namespace (a pause container's, with nothing but
   loopback), volumes mounted at the spec's paths, ``fsGroup`` applied to the volumes as the
-  kubelet does, privileged where the spec says; the cluster network is a forwarder to the
+  kubelet does, each container's securityContext as runc gets it (``security_options``:
+  privileged, read-only root, no new privileges, capabilities, seccomp, runAsNonRoot); the cluster network is a forwarder to the
   host's loopback (``forward.py``) for the registry, and from the gateway into the pod;
 * ``run_polyaxon_trial`` / ``run_workflow`` / ``start_seldon`` — the engines' own parts:
   Polyaxon's input and ``globals`` substitution, Argo's parameters and sidecars, the Seldon Core
@@ -231,18 +232,16 @@ class Pod:
             mounts.append(
                 Mount(m["mountPath"], v["source"], type=v["type"], read_only=v["read_only"] or bool(m.get("readOnly")))
             )
-        sc = container.get("securityContext") or {}
         group = (self.spec.get("securityContext") or {}).get("fsGroup")
+        image_user = self.node.client.images.get(container["image"]).attrs["Config"].get("User") or ""
         kwargs: dict[str, Any] = {
             "environment": {e["name"]: e.get("value", "") for e in container.get("env") or []},
             "mounts": mounts,
             "network_mode": f"container:{self.pause.id}",
             "detach": detach,
-            "privileged": bool(sc.get("privileged")),
             "name": f"{self.name}-{container['name']}-{uuid.uuid4().hex[:6]}",
+            **security_options(container.get("securityContext") or {}, image_user),
         }
-        if "runAsUser" in sc:
-            kwargs["user"] = str(sc["runAsUser"])
         if group is not None:
             kwargs["group_add"] = [str(group)]
         if "command" in container:
@@ -442,6 +441,42 @@ def operator_env(sdep: dict[str, Any], predictor: dict[str, Any], container: dic
         {"name": "MLSERVER_METRICS_ENDPOINT", "value": "/prometheus"},
     ]
     return env
+
+
+def security_options(sc: dict[str, Any], image_user: str) -> dict[str, Any]:
+    """Docker's options for a container's ``securityContext``, as the kubelet hands it to runc:
+    privileged, a read-only root (docker's /dev/shm stays a writable tmpfs, as a pod's does), no
+    new privileges, capabilities dropped and added, the seccomp profile, the user; and, as the
+    kubelet does, no start for ``runAsNonRoot`` when the user is root or not a number."""
+    opts: dict[str, Any] = {"privileged": bool(sc.get("privileged"))}
+    if sc.get("readOnlyRootFilesystem"):
+        opts["read_only"] = True
+    security = []
+    if sc.get("allowPrivilegeEscalation") is False:
+        security.append("no-new-privileges")
+    seccomp = (sc.get("seccompProfile") or {}).get("type")
+    if seccomp == "Unconfined":
+        security.append("seccomp=unconfined")
+    elif seccomp not in (None, "RuntimeDefault"):  # docker's default profile is the runtime's default
+        raise PodFailed(f"seccomp profile {seccomp!r}: the rehearsal knows RuntimeDefault and Unconfined")
+    if security:
+        opts["security_opt"] = security
+    caps = sc.get("capabilities") or {}
+    if caps.get("drop"):
+        opts["cap_drop"] = list(caps["drop"])
+    if caps.get("add"):
+        opts["cap_add"] = list(caps["add"])
+    user = str(sc["runAsUser"]) if "runAsUser" in sc else image_user.split(":")[0]
+    if "runAsUser" in sc:
+        opts["user"] = user
+    if sc.get("runAsNonRoot"):
+        if user and not user.isdigit():
+            raise PodFailed(
+                f"container has runAsNonRoot and image has non-numeric user ({user}), cannot verify user is non-root"
+            )
+        if user in ("", "0"):
+            raise PodFailed("container has runAsNonRoot and image will run as root")
+    return opts
 
 
 @dataclass
