@@ -10,7 +10,10 @@ inference pool (``parallel_workers: 0``: no pickling between processes). Each pr
   after gzip) gets 413, and schema, JSON and routing errors get V2 ``{"error": ...}`` bodies
   (400/404/405) that never echo the input or a traceback;
 * runs with MLServer's ``debug`` off (it defaults to on: access logs and tracebacks), gzip off
-  and the ``httptools`` parser.
+  and the ``httptools`` parser;
+* serves the Swagger UI of ``/v2/docs`` (and each model's ``/docs``) from the image, under
+  ``/v2/docs/swagger-ui/`` (the ``swagger-ui-bundle-v2`` package), not from a CDN: it works
+  offline and in clusters without egress.
 
 Metrics: every process counts into one ``prometheus_client`` multiprocess folder and the
 first one serves them all on ``MLSERVER_METRICS_PORT``. gRPC: every process binds
@@ -47,6 +50,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
+#: where the docs pages load Swagger UI's script, style and icon from (this server)
+SWAGGER_UI = "/v2/docs/swagger-ui"
 #: a process that dies sooner than this after it started is failing to start, not crashing
 MIN_UPTIME = 10.0
 #: an over-limit body is read and dropped up to this many times the limit before the 413
@@ -184,6 +189,30 @@ def _error_handlers(app: Any) -> None:
     app.add_exception_handler(HTTPException, http_error)
 
 
+def _offline_docs(app: Any) -> bool:
+    """Serve Swagger UI's files from the swagger-ui-bundle-v2 package at ``SWAGGER_UI`` and
+    point MLServer's docs pages there (they name a CDN otherwise). False, and MLServer's pages
+    as they are, where the package is not installed."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return False
+    import functools
+
+    import mlserver.rest.endpoints
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from starlette.staticfiles import StaticFiles
+
+    mlserver.rest.endpoints.get_swagger_ui_html = functools.partial(
+        get_swagger_ui_html,
+        swagger_js_url=f"{SWAGGER_UI}/swagger-ui-bundle.js",
+        swagger_css_url=f"{SWAGGER_UI}/swagger-ui.css",
+        swagger_favicon_url=f"{SWAGGER_UI}/favicon-32x32.png",
+    )
+    app.mount(SWAGGER_UI, StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")
+    return True
+
+
 def _shared_metrics(server: Any, serve: bool) -> None:
     """All processes count into PROMETHEUS_MULTIPROC_DIR; only the first serves the sum."""
     from mlserver.metrics.prometheus import PrometheusEndpoint
@@ -216,6 +245,7 @@ async def _serve(cfg: LaunchConfig, fd: int, index: int) -> None:
     server = MLServer(server_settings)
     app = server._rest_server._app
     _error_handlers(app)
+    _offline_docs(app)
     app.add_middleware(BodyGuard, max_body=cfg.max_body)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         _shared_metrics(server, serve=index == 0)

@@ -157,6 +157,26 @@ def test_health_and_docs_answer(v2, path, kind):
     assert status == 200 and headers.get("content-type", "").startswith(kind)
 
 
+@pytest.mark.parametrize("page", ["/v2/docs", "/v2/models/mnist/docs"])
+def test_docs_pages_load_swagger_ui_from_the_server_not_a_cdn(v2, page):
+    """Offline (air-gapped clusters, this machine) a page that loads Swagger UI from a CDN is blank."""
+    import re
+
+    status, body, _ = request(v2.url + page, "GET")
+    html = body.decode()
+    assert status == 200 and "SwaggerUIBundle(" in html
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert len(assets) == 3 and all(a.startswith("/v2/docs/swagger-ui/") for a in assets), assets
+    assert "//" not in "".join(assets) and "cdn" not in html
+    kinds = set()
+    for asset in assets:
+        status, data, headers = request(v2.url + asset, "GET")
+        assert status == 200 and len(data) > 500, asset
+        kinds.add(headers["content-type"].split(";")[0])
+    assert kinds == {"text/javascript", "text/css", "image/png"}
+    assert request(v2.url + "/v2/docs/swagger-ui/../../../etc/passwd", "GET")[0] == 404
+
+
 def _metric(v2, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{v2.metrics_port}/metrics").read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))

@@ -135,6 +135,11 @@ def test_rehearsal_as_kserve_starts_a_custom_predictor(v2_built, docker_client, 
             assert len(got) == 11 and sum(got[n] != LABELS[n] for n in got) <= 1
         finally:
             gw.stop()
+        # the docs page works without internet: Swagger UI comes from the image
+        status, page, _ = request(f"http://127.0.0.1:{port}/v2/docs", "GET")
+        script = request(f"http://127.0.0.1:{port}/v2/docs/swagger-ui/swagger-ui-bundle.js", "GET")
+        assert status == 200 and 'src="/v2/docs/swagger-ui/swagger-ui-bundle.js"' in page.decode()
+        assert script[0] == 200 and len(script[1]) > 500_000
         container.stop(timeout=30)
         assert container.wait(timeout=60)["StatusCode"] == 0  # SIGTERM: both processes drain and exit 0
     finally:
