@@ -177,6 +177,34 @@ def test_docs_pages_load_swagger_ui_from_the_server_not_a_cdn(v2, page):
     assert request(v2.url + "/v2/docs/swagger-ui/../../../etc/passwd", "GET")[0] == 404
 
 
+@pytest.mark.parametrize("server_settings", [None, {"http_port": 9999, "debug": False}])
+def test_the_launchers_settings_loader_matches_mlservers(trained_run, tmp_path, server_settings):
+    """mnistkit.launch_v2 reads the folder as ``mlserver.cli.serve.load_settings`` does, without
+    importing ``mlserver.cli`` (tritonclient, aiohttp, gevent: ~0.1 s and ~15 MB per process).
+    This catches drift when MLServer changes."""
+    import subprocess
+
+    from mnistkit.local.mlserver import write_model_folder
+
+    folder = write_model_folder(trained_run.artifact, tmp_path / "m", max_batch=256)
+    if server_settings is not None:
+        (folder / "settings.json").write_text(json.dumps(server_settings))
+    code = (
+        "import asyncio, sys\n"
+        "from mnistkit.launch_v2 import _load_settings, _preload\n"
+        "_preload()\n"
+        "ours = asyncio.run(_load_settings(sys.argv[1]))\n"
+        "print('mlserver.cli' in sys.modules)\n"
+        "from mlserver.cli.serve import load_settings\n"
+        "theirs = asyncio.run(load_settings(sys.argv[1]))\n"
+        "print(ours[0] == theirs[0], ours[1] == theirs[1], len(ours[1]), ours[0].http_port)\n"
+    )
+    out = subprocess.run([mlserver_python(), "-c", code, str(folder)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    port = str((server_settings or {}).get("http_port", 8080))
+    assert out.stdout.split() == ["False", "True", "True", "1", port]
+
+
 def _metric(v2, name: str) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{v2.metrics_port}/metrics").read().decode()
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
