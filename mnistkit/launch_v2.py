@@ -1,9 +1,11 @@
 """The V2 image's server: ``python -m mnistkit.launch_v2 FOLDER`` runs MLServer on one port.
 
 FOLDER holds ``model-settings.json`` (the s2i build writes it beside ``model/``). The
-launcher binds the HTTP port once and forks ``MNISTKIT_PROCESSES`` MLServer processes that
-all accept on it (uvicorn's ``fd``), so two cores serve in parallel without MLServer's
-inference pool (``parallel_workers: 0``: no pickling between processes). Each process:
+launcher reserves the HTTP port; a template process imports MLServer and the runtime, forks
+``MNISTKIT_PROCESSES`` MLServer processes and exits, so they share the imported pages; each
+listens on the port with its own SO_REUSEPORT socket (the kernel spreads connections), so two
+cores serve in parallel without MLServer's inference pool (``parallel_workers: 0``: no pickling
+between processes). Each process:
 
 * loads and warms the model *before* it accepts, so no request meets a half-started process;
 * answers with a guard in front of MLServer's app: a body over ``MNISTKIT_MAX_BODY`` (also
@@ -17,9 +19,10 @@ inference pool (``parallel_workers: 0``: no pickling between processes). Each pr
 
 Metrics: every process counts into one ``prometheus_client`` multiprocess folder and the
 first one serves them all on ``MLSERVER_METRICS_PORT``. gRPC: every process binds
-``MLSERVER_GRPC_PORT`` too (gRPC sets SO_REUSEPORT), so the kernel spreads those as well. The parent only supervises:
-SIGTERM/SIGINT go to every process and it exits once they have finished their requests; a
-process that dies after serving is replaced. Ports come from the platform's variables:
+``MLSERVER_GRPC_PORT`` too (gRPC sets SO_REUSEPORT), so the kernel spreads those as well.
+The parent, which imports none of that, supervises: SIGTERM/SIGINT go to every process and it
+exits once they have finished their requests; a process that dies after serving is replaced.
+Ports come from the platform's variables:
 ``MLSERVER_HTTP_PORT`` (Seldon sets 9000), else ``PORT`` (Knative), else 8080.
 """
 
@@ -35,7 +38,7 @@ import tempfile
 import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import ConfigError, MnistkitError, ServingError
@@ -254,11 +257,10 @@ async def _load_settings(folder: str) -> tuple[Any, list[Any]]:
     return server_settings, models
 
 
-async def _serve(cfg: LaunchConfig, fd: int, index: int) -> None:
+async def _serve(cfg: LaunchConfig, index: int) -> None:
     from mlserver import MLServer
 
     server_settings, models = await _load_settings(cfg.folder)
-    server_settings._custom_rest_server_settings = {"fd": fd, "http": "httptools", "timeout_graceful_shutdown": 20}
     server = MLServer(server_settings)
     app = server._rest_server._app
     _error_handlers(app)
@@ -266,12 +268,18 @@ async def _serve(cfg: LaunchConfig, fd: int, index: int) -> None:
     app.add_middleware(BodyGuard, max_body=cfg.max_body)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         _shared_metrics(server, serve=index == 0)
-    for model in models:  # ready before accepting: no request meets a half-started process
+    for model in models:  # ready before listening: no request meets a half-started process
         await server._model_registry.load(model)
+    sock = _bind(cfg, listen=True)  # this process's own socket on the shared port
+    server_settings._custom_rest_server_settings = {
+        "fd": sock.fileno(),
+        "http": "httptools",
+        "timeout_graceful_shutdown": 20,
+    }
     await server.start([])
 
 
-def _child(cfg: LaunchConfig, fd: int, index: int) -> int:
+def _child(cfg: LaunchConfig, index: int) -> int:
     import asyncio
 
     from mlserver.utils import install_uvloop_event_loop
@@ -280,24 +288,31 @@ def _child(cfg: LaunchConfig, fd: int, index: int) -> int:
         signal.signal(sig, signal.SIG_DFL)
     install_uvloop_event_loop()
     try:
-        asyncio.run(_serve(cfg, fd, index))
+        asyncio.run(_serve(cfg, index))
     except Exception as e:  # a model that cannot load: say why in one line, exit non-zero
         log.error("server process %d failed: %s", index, e)
         return 1
     return 0
 
 
-def _bind(cfg: LaunchConfig) -> socket.socket:
+def _bind(cfg: LaunchConfig, listen: bool) -> socket.socket:
+    """A socket on the HTTP port with SO_REUSEPORT: every serving process listens on its own,
+    and the kernel spreads new connections over them by address hash. With one shared socket,
+    whichever process woke first took every connection that arrived together (measured: a
+    fresh server gave all 4, or all 16, keep-alive connections to one process in 1 start of
+    3 to 5, and served at half speed). The supervisor binds one without listening: the port
+    is checked, and held, before anything starts."""
     family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((cfg.host, cfg.port))
     except OSError as e:
         sock.close()
         raise ServingError(f"cannot listen on {cfg.host}:{cfg.port}: {e.strerror}") from None
-    sock.listen(2048)
-    sock.set_inheritable(True)
+    if listen:
+        sock.listen(2048)
     return sock
 
 
@@ -334,21 +349,73 @@ def _preload() -> None:
         gc.enable()
 
 
+def _subreaper() -> bool:
+    """Make this process the subreaper of its descendants (Linux): processes whose parent exits
+    become its children, so it can wait for them. False where that cannot be set."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        return False
+
+
 class _Supervisor:
+    """Starts the serving processes and replaces one that dies; SIGTERM goes to all of them.
+
+    It imports nothing heavy itself: a short-lived template process imports MLServer, ONNX
+    Runtime and the runtime once, forks the serving processes (which so share those pages)
+    and exits; they become this process's children (it is their subreaper). A parent that
+    had imported all that would keep the original of every page its children have since
+    written (~16 MB with two processes). Where no subreaper can be set, this process is the
+    template and stays one."""
+
     def __init__(self, cfg: LaunchConfig, sock: socket.socket) -> None:
         self.cfg, self.sock = cfg, sock
         self.children: dict[int, tuple[int, float]] = {}  # pid -> (index, start time)
         self.stopping = False
+        self.template = _subreaper()
 
-    def spawn(self, index: int) -> None:
+    def spawn(self, indices: list[int]) -> None:
+        if not self.template:
+            _preload()
+            for index in indices:
+                self.children[self._fork_server(index)] = (index, time.monotonic())
+            return
+        r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
             code = 1
             try:
-                code = _child(self.cfg, self.sock.fileno(), index)
+                os.close(r)
+                _preload()
+                for index in indices:
+                    os.write(w, f"{index} {self._fork_server(index, w)}\n".encode())
+                code = 0
+            except Exception as e:
+                log.error("cannot start the server processes: %s", e)
             finally:
                 os._exit(code)
-        self.children[pid] = (index, time.monotonic())
+        os.close(w)
+        with os.fdopen(r) as pipe:  # until the template exits
+            started = [tuple(map(int, line.split())) for line in pipe]
+        os.waitpid(pid, 0)
+        for index, child in started:
+            self.children[child] = (index, time.monotonic())
+            if self.stopping:  # SIGTERM came while they started
+                os.kill(child, signal.SIGTERM)
+
+    def _fork_server(self, index: int, pipe: int | None = None) -> int:
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                if pipe is not None:
+                    os.close(pipe)
+                code = _child(self.cfg, index)
+            finally:
+                os._exit(code)
+        return pid
 
     def stop(self, signum: int, frame: Any = None) -> None:
         self.stopping = True
@@ -359,8 +426,9 @@ class _Supervisor:
                 pass
 
     def run(self) -> int:
-        for i in range(self.cfg.processes):
-            self.spawn(i)
+        self.spawn(list(range(self.cfg.processes)))
+        if not self.children:
+            return 1
         code = 0
         while self.children:
             try:
@@ -377,7 +445,7 @@ class _Supervisor:
                 self.stop(signal.SIGTERM)
                 continue
             log.warning("server process %d exited with %d; starting a new one", index, exit_code)
-            self.spawn(index)
+            self.spawn([index])
         return code
 
 
@@ -393,13 +461,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     try:
         cfg = LaunchConfig.from_env(args[0] if args else ".")
-        sock = _bind(cfg)
+        sock = _bind(cfg, listen=False)
+        cfg = replace(cfg, port=sock.getsockname()[1])  # the port 0 chose, if 0
     except MnistkitError as e:  # a wrong setting: one line, no traceback
         log.error("%s", e)
         return 2
     if cfg.processes > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnistkit-metrics-")
-    _preload()
     supervisor = _Supervisor(cfg, sock)
     signal.signal(signal.SIGTERM, supervisor.stop)
     signal.signal(signal.SIGINT, supervisor.stop)
