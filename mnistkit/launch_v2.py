@@ -7,7 +7,7 @@ listens on the port with its own SO_REUSEPORT socket (the kernel spreads connect
 cores serve in parallel without MLServer's inference pool (``parallel_workers: 0``: no pickling
 between processes). Each process:
 
-* loads and warms the model *before* it accepts, so no request meets a half-started process;
+* loads and warms the model *before* it listens, so no request meets a half-started process;
 * answers with a guard in front of MLServer's app: a body over ``MNISTKIT_MAX_BODY`` (also
   after gzip) gets 413, and schema, JSON and routing errors get V2 ``{"error": ...}`` bodies
   (400/404/405) that never echo the input or a traceback;
@@ -371,7 +371,7 @@ class _Supervisor:
     template and stays one."""
 
     def __init__(self, cfg: LaunchConfig, sock: socket.socket) -> None:
-        self.cfg, self.sock = cfg, sock
+        self.cfg, self.sock = cfg, sock  # the port's reservation, held while serving
         self.children: dict[int, tuple[int, float]] = {}  # pid -> (index, start time)
         self.stopping = False
         self.template = _subreaper()
