@@ -27,22 +27,25 @@ class Optimizer:
         self.params = list(params)
         self.lr = lr
         self.weight_decay = weight_decay
-        self.steps = 0
-        self.state: dict[str, dict[int, torch.Tensor]] = {}
+        self.state: dict[str, dict[int, torch.Tensor]] = {}  # name -> id(parameter) -> tensor
+        self.counts: dict[int, int] = {}  # id(parameter) -> updates it has had
 
     def zero_grad(self) -> None:
+        """Drop the gradients (the next backward pass allocates them anew)."""
         for p in self.params:
             p.grad = None
 
     @torch.no_grad()
     def step(self) -> None:
+        """Update every parameter that has a gradient."""
         live: list[torch.Tensor] = [p for p in self.params if p.grad is not None]
         if not live:
             return
         grads: list[torch.Tensor] = [p.grad for p in live]  # type: ignore[misc]
         if self.weight_decay:
             grads = list(torch._foreach_add(grads, live, alpha=self.weight_decay))
-        self.steps += 1
+        for p in live:
+            self.counts[id(p)] = self.counts.get(id(p), 0) + 1
         self._update(live, grads)
 
     def _update(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
@@ -65,11 +68,11 @@ class SGD(Optimizer):
     ) -> None:
         super().__init__(params, lr, weight_decay)
         self.momentum = momentum
-        self.buffers: dict[int, torch.Tensor] = {}
 
     def _update(self, params: list[torch.Tensor], grads: list[torch.Tensor]) -> None:
         if self.momentum:
-            bufs = [self.buffers.get(id(p)) for p in params]
+            store = self.state.setdefault("momentum_buffer", {})
+            bufs = [store.get(id(p)) for p in params]
             if all(b is not None for b in bufs):
                 torch._foreach_mul_(bufs, self.momentum)  # type: ignore[arg-type]
                 torch._foreach_add_(bufs, grads)  # type: ignore[arg-type]
@@ -77,7 +80,7 @@ class SGD(Optimizer):
                 for i, p in enumerate(params):
                     b = bufs[i]
                     if b is None:
-                        b = bufs[i] = self.buffers[id(p)] = grads[i].detach().clone()
+                        b = bufs[i] = store[id(p)] = grads[i].detach().clone()
                     else:
                         b.mul_(self.momentum).add_(grads[i])
             grads = bufs  # type: ignore[assignment]
@@ -94,9 +97,10 @@ class Adam(Optimizer):
         torch._foreach_lerp_(avgs, grads, 1 - self.beta1)
         torch._foreach_mul_(sqs, self.beta2)
         torch._foreach_addcmul_(sqs, grads, grads, 1 - self.beta2)
-        step_size = (self.lr / (1 - self.beta1 ** float(self.steps))) * -1
+        counts = [float(self.counts[id(p)]) for p in params]  # each parameter's own, as torch's
+        step_size = [(self.lr / (1 - self.beta1**n)) * -1 for n in counts]
         denom = torch._foreach_sqrt(sqs)
-        torch._foreach_div_(denom, (1 - self.beta2 ** float(self.steps)) ** 0.5)
+        torch._foreach_div_(denom, [(1 - self.beta2**n) ** 0.5 for n in counts])
         torch._foreach_add_(denom, self.eps)
         torch._foreach_addcdiv_(params, avgs, denom, step_size)
 
