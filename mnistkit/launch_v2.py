@@ -28,6 +28,7 @@ Ports come from the platform's variables:
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import os
@@ -35,7 +36,6 @@ import signal
 import socket
 import sys
 import tempfile
-import time
 import zlib
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, replace
@@ -43,6 +43,7 @@ from typing import Any
 
 from .errors import ConfigError, MnistkitError, ServingError
 from .settings import settings
+from .supervisor import Supervisor
 
 __all__ = ["LaunchConfig", "BodyGuard", "main"]
 
@@ -55,8 +56,6 @@ Send = Callable[[Message], Awaitable[None]]
 
 #: where the docs pages load Swagger UI's script, style and icon from (this server)
 SWAGGER_UI = "/v2/docs/swagger-ui"
-#: a process that dies sooner than this after it started is failing to start, not crashing
-MIN_UPTIME = 10.0
 #: an over-limit body is read and dropped up to this many times the limit before the 413
 DRAIN_FACTOR = 16
 SERVER_DEFAULTS = {"MLSERVER_DEBUG": "false", "MLSERVER_GZIP_ENABLED": "false", "MLSERVER_PARALLEL_WORKERS": "0"}
@@ -200,8 +199,6 @@ def _offline_docs(app: Any) -> bool:
         from swagger_ui_bundle import swagger_ui_path
     except ImportError:
         return False
-    import functools
-
     import mlserver.rest.endpoints
     from fastapi.openapi.docs import get_swagger_ui_html
     from starlette.staticfiles import StaticFiles
@@ -270,7 +267,7 @@ async def _serve(cfg: LaunchConfig, index: int) -> None:
         _shared_metrics(server, serve=index == 0)
     for model in models:  # ready before listening: no request meets a half-started process
         await server._model_registry.load(model)
-    sock = _bind(cfg, listen=True)  # this process's own socket on the shared port
+    sock = _bind(cfg)  # this process's own socket on the shared port
     server_settings._custom_rest_server_settings = {
         "fd": sock.fileno(),
         "http": "httptools",
@@ -284,8 +281,6 @@ def _child(cfg: LaunchConfig, index: int) -> int:
 
     from mlserver.utils import install_uvloop_event_loop
 
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
-        signal.signal(sig, signal.SIG_DFL)
     install_uvloop_event_loop()
     try:
         asyncio.run(_serve(cfg, index))
@@ -295,17 +290,17 @@ def _child(cfg: LaunchConfig, index: int) -> int:
     return 0
 
 
-def _bind(cfg: LaunchConfig, listen: bool) -> socket.socket:
-    """A socket on the HTTP port with SO_REUSEPORT: every serving process listens on its own,
+def _bind(cfg: LaunchConfig, *, reuse_port: bool = True, listen: bool = True) -> socket.socket:
+    """A socket on the HTTP port. Every serving process listens on its own, with SO_REUSEPORT,
     and the kernel spreads new connections over them by address hash. With one shared socket,
     whichever process woke first took every connection that arrived together (measured: a
     fresh server gave all 4, or all 16, keep-alive connections to one process in 1 start of
-    3 to 5, and served at half speed). The supervisor binds one without listening: the port
-    is checked, and held, before anything starts."""
+    3 to 5, and served at half speed)."""
     family = socket.AF_INET6 if ":" in cfg.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((cfg.host, cfg.port))
     except OSError as e:
@@ -314,6 +309,17 @@ def _bind(cfg: LaunchConfig, listen: bool) -> socket.socket:
     if listen:
         sock.listen(2048)
     return sock
+
+
+def _reserve(cfg: LaunchConfig) -> tuple[LaunchConfig, socket.socket]:
+    """The supervisor's hold on the port, before anything starts: a plain bind first, which
+    fails while anything listens there (another server, or servers a killed supervisor left
+    behind; a SO_REUSEPORT bind would join them), then a SO_REUSEPORT socket that does not
+    listen on the port that got (the port 0 chose, if 0), held while serving."""
+    probe = _bind(cfg, reuse_port=False, listen=False)
+    cfg = replace(cfg, port=probe.getsockname()[1])
+    probe.close()
+    return cfg, _bind(cfg, listen=False)
 
 
 #: imported before forking too: what every process imports anyway when it starts and loads the model
@@ -349,106 +355,6 @@ def _preload() -> None:
         gc.enable()
 
 
-def _subreaper() -> bool:
-    """Make this process the subreaper of its descendants (Linux): processes whose parent exits
-    become its children, so it can wait for them. False where that cannot be set."""
-    import ctypes
-
-    try:
-        return ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0) == 0  # PR_SET_CHILD_SUBREAPER
-    except (OSError, AttributeError):
-        return False
-
-
-class _Supervisor:
-    """Starts the serving processes and replaces one that dies; SIGTERM goes to all of them.
-
-    It imports nothing heavy itself: a short-lived template process imports MLServer, ONNX
-    Runtime and the runtime once, forks the serving processes (which so share those pages)
-    and exits; they become this process's children (it is their subreaper). A parent that
-    had imported all that would keep the original of every page its children have since
-    written (~16 MB with two processes). Where no subreaper can be set, this process is the
-    template and stays one."""
-
-    def __init__(self, cfg: LaunchConfig, sock: socket.socket) -> None:
-        self.cfg, self.sock = cfg, sock  # the port's reservation, held while serving
-        self.children: dict[int, tuple[int, float]] = {}  # pid -> (index, start time)
-        self.stopping = False
-        self.template = _subreaper()
-
-    def spawn(self, indices: list[int]) -> None:
-        if not self.template:
-            _preload()
-            for index in indices:
-                self.children[self._fork_server(index)] = (index, time.monotonic())
-            return
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                os.close(r)
-                _preload()
-                for index in indices:
-                    os.write(w, f"{index} {self._fork_server(index, w)}\n".encode())
-                code = 0
-            except Exception as e:
-                log.error("cannot start the server processes: %s", e)
-            finally:
-                os._exit(code)
-        os.close(w)
-        with os.fdopen(r) as pipe:  # until the template exits
-            started = [tuple(map(int, line.split())) for line in pipe]
-        os.waitpid(pid, 0)
-        for index, child in started:
-            self.children[child] = (index, time.monotonic())
-            if self.stopping:  # SIGTERM came while they started
-                os.kill(child, signal.SIGTERM)
-
-    def _fork_server(self, index: int, pipe: int | None = None) -> int:
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                if pipe is not None:
-                    os.close(pipe)
-                code = _child(self.cfg, index)
-            finally:
-                os._exit(code)
-        return pid
-
-    def stop(self, signum: int, frame: Any = None) -> None:
-        self.stopping = True
-        for pid in list(self.children):
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-
-    def run(self) -> int:
-        self.spawn(list(range(self.cfg.processes)))
-        if not self.children:
-            return 1
-        code = 0
-        while self.children:
-            try:
-                pid, status = os.wait()
-            except ChildProcessError:
-                break
-            index, started = self.children.pop(pid, (-1, 0.0))
-            if self.stopping or index < 0:
-                continue
-            exit_code = os.waitstatus_to_exitcode(status)
-            if time.monotonic() - started < MIN_UPTIME:
-                log.error("server process %d exited with %d while starting; stopping", index, exit_code)
-                code = exit_code or 1
-                self.stop(signal.SIGTERM)
-                continue
-            log.warning("server process %d exited with %d; starting a new one", index, exit_code)
-            self.spawn([index])
-        return code
-
-
 def main(argv: list[str] | None = None) -> int:
     """Serve the model-settings folder ``argv[0]`` (default ``.``) until SIGTERM."""
     args = sys.argv[1:] if argv is None else argv
@@ -461,14 +367,13 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     try:
         cfg = LaunchConfig.from_env(args[0] if args else ".")
-        sock = _bind(cfg, listen=False)
-        cfg = replace(cfg, port=sock.getsockname()[1])  # the port 0 chose, if 0
+        cfg, sock = _reserve(cfg)
     except MnistkitError as e:  # a wrong setting: one line, no traceback
         log.error("%s", e)
         return 2
     if cfg.processes > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnistkit-metrics-")
-    supervisor = _Supervisor(cfg, sock)
+    supervisor = Supervisor(cfg.processes, _preload, functools.partial(_child, cfg), keep=sock)
     signal.signal(signal.SIGTERM, supervisor.stop)
     signal.signal(signal.SIGINT, supervisor.stop)
     log.info("serving %s on %s:%d with %d processes", cfg.folder, cfg.host, cfg.port, cfg.processes)

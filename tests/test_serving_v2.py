@@ -235,7 +235,7 @@ def _children(pid: int) -> list[int]:
 
 def test_a_killed_server_process_is_replaced_and_the_other_keeps_serving(v2, digits):
     payload = pixels_input(digits[0].reshape(-1).tolist(), [1, 784])
-    from mnistkit.launch_v2 import MIN_UPTIME
+    from mnistkit.supervisor import MIN_UPTIME
 
     time.sleep(max(0.0, v2.started + MIN_UPTIME + 1 - time.monotonic()))  # past start-up: a crash, not a failed start
     victims = _children(v2.proc.pid)
@@ -284,6 +284,62 @@ def test_a_tampered_artifact_never_serves(trained_run, tmp_path):
     )
     assert proc.returncode != 0
     assert "does not match its sha256" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _launch(folder, port, **env):
+    import subprocess
+
+    env = {
+        **os.environ,
+        "MLSERVER_HOST": "127.0.0.1",
+        "MLSERVER_HTTP_PORT": str(port),
+        "MLSERVER_GRPC_PORT": "0",
+        "MLSERVER_METRICS_PORT": "0",
+        **env,
+    }
+    cmd = [mlserver_python(), "-m", "mnistkit.launch_v2", str(folder)]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_a_port_something_listens_on_is_refused_not_shared(v2, trained_run, tmp_path):
+    """The servers share their port with SO_REUSEPORT; a second launcher must not join them
+    (nor a server some other program runs there with SO_REUSEPORT): one line, exit 2."""
+    import socket
+
+    from mnistkit.local.mlserver import write_model_folder
+
+    folder = write_model_folder(trained_run.artifact, tmp_path / "m", max_batch=8)
+    other = socket.socket()
+    other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    try:
+        for port in (v2.http_port, other.getsockname()[1]):
+            proc = _launch(folder, port)
+            _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
+    finally:
+        other.close()
+
+
+def test_sigterm_while_the_servers_start_stops_them_all(trained_run, tmp_path):
+    """SIGTERM while the template still imports (or forks): every process that starts is told
+    to stop, none is left behind, and the launcher exits."""
+    from mnistkit.local._proc import free_port
+    from mnistkit.local.mlserver import write_model_folder
+
+    folder = write_model_folder(trained_run.artifact, tmp_path / "m", max_batch=8)
+    for delay in (0.3, 0.8):
+        proc = _launch(folder, free_port(), MNISTKIT_PROCESSES="2")
+        time.sleep(delay)
+        started = _children(proc.pid)
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
+        assert proc.returncode in (0, 1)
+        assert wait_until(lambda p=proc: not _children(p.pid), 10)
+        assert not any(
+            os.path.exists(f"/proc/{c}") and "zombie" not in open(f"/proc/{c}/status").read() for c in started
+        )
 
 
 def test_serving_v2_all_is_what_it_defines():
