@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import DataError
+from .files import creation_mode
 
 if TYPE_CHECKING:  # torch loads only where tensors are made, so packaging stays light
     import torch
@@ -155,6 +156,7 @@ def _prepare_raw(root: Path) -> Path:
         if src.suffix != ".gz":
             raise DataError(f"{src} is corrupt (md5 or size mismatch); replace it with the original file")
         fd, tmp = tempfile.mkstemp(dir=target, prefix=f".{name}.")
+        os.fchmod(fd, creation_mode())
         try:
             with gzip.open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
                 while chunk := fin.read(1 << 20):

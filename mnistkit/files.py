@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .errors import MnistkitError
 
-__all__ = ["disk_errors", "os_reason", "write_atomic", "write_failed"]
+__all__ = ["creation_mode", "disk_errors", "os_reason", "write_atomic", "write_failed"]
 
 _HINTS = {
     errno.ENOSPC: "the disk is full: free some space or choose another folder",
@@ -54,6 +54,22 @@ def write_failed(e: OSError, path: str | os.PathLike[str], error: type[MnistkitE
     return error(f"cannot write {path}: {os_reason(e)}")
 
 
+def creation_mode() -> int:
+    """The mode ``open()`` gives a new file: 0o666 less the umask. ``mkstemp`` makes 0o600,
+    which nobody else can read: not the other user a pod or an image runs as (Seldon's
+    operator runs model containers as uid 8888, OpenShift as an arbitrary one)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc: read it by setting it, and put it back
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def write_atomic(
     path: str | os.PathLike[str], data: bytes | str, *, error: type[MnistkitError] = MnistkitError
 ) -> None:
@@ -63,6 +79,7 @@ def write_atomic(
     tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        os.fchmod(fd, creation_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
             f.flush()

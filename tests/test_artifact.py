@@ -44,6 +44,27 @@ def test_round_trip_keeps_weights_and_metadata(tmp_path):
     assert load_model(tmp_path / "m" / "manifest.json").sha256 == sha
 
 
+def test_saved_files_are_readable_by_other_users_as_the_umask_says(tmp_path):
+    """Files written atomically (mkstemp, then rename) get open()'s mode, not mkstemp's 0o600:
+    a served image may run as another uid than the one that wrote the model (Seldon's operator
+    sets 8888; OpenShift an arbitrary one)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys, torch\n"
+        "from mnistkit.artifact import save_artifact\n"
+        "from mnistkit.network import Network\n"
+        "os.umask(int(sys.argv[2], 8))\n"
+        "save_artifact(sys.argv[1], Network().state_dict())\n"
+    )
+    for umask, mode in (("022", 0o644), ("027", 0o640)):
+        out = tmp_path / umask
+        subprocess.run([sys.executable, "-c", code, str(out), umask], check=True)
+        modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+        assert len(modes) == 2 and set(modes.values()) == {mode}, modes
+
+
 def test_flipped_byte_in_weights_is_refused(tmp_path):
     save_artifact(tmp_path / "m", Network().state_dict())
     weights = next((tmp_path / "m").glob("weights-*.safetensors"))

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from .._version import __version__
 from ..errors import PackagingError
+from ..files import creation_mode
 
 __all__ = ["package_digest", "package_version", "self_wheel"]
 
@@ -103,6 +104,7 @@ def self_wheel(dest: str | os.PathLike[str]) -> Path:
     ]
     record = "\n".join(_record_line(n, d) for n, d in entries) + f"\n{info}/RECORD,,\n"
     fd, tmp = tempfile.mkstemp(dir=dest, prefix=".wheel-")
+    os.fchmod(fd, creation_mode())
     os.close(fd)
     try:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
