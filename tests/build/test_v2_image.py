@@ -106,7 +106,7 @@ def _kserve_container(image: str) -> dict:
 def test_rehearsal_as_kserve_starts_a_custom_predictor(v2_built, docker_client, tmp_path):
     """Knative mode: the manifest's env plus the PORT Knative sets (the launcher reads it when
     MLSERVER_HTTP_PORT is unset), and its securityContext (read-only root, no capabilities, no
-    new privileges, non-root) as runc gets it; gRPC and metrics on free ports only because this
+    new privileges, non-root, an arbitrary uid) as runc gets it; gRPC and metrics on free ports only because this
     host network is shared. nginx routes by Host, as KServe's ingress does."""
     from support.kserve_gateway import V2Gateway
     from support.rehearsal import security_options
@@ -115,10 +115,12 @@ def test_rehearsal_as_kserve_starts_a_custom_predictor(v2_built, docker_client, 
     spec = _kserve_container(v2_built.reference)
     env = {**{e["name"]: e["value"] for e in spec["env"]}, "PORT": str(port)}
     env.update(MLSERVER_GRPC_PORT=str(free_port()), MLSERVER_METRICS_PORT=str(free_port()))
+    # and as OpenShift admits it: a uid from the namespace's range, not the image's own
+    pod = {"runAsUser": 1000710000}
     security = security_options(
-        spec["securityContext"], docker_client.images.get(v2_built.reference).attrs["Config"]["User"]
+        spec["securityContext"], docker_client.images.get(v2_built.reference).attrs["Config"]["User"], pod
     )
-    assert security["read_only"] and security["cap_drop"] == ["ALL"]
+    assert security["read_only"] and security["cap_drop"] == ["ALL"] and security["user"] == "1000710000"
     container = docker_client.containers.run(
         v2_built.reference, detach=True, network_mode="host", environment=env, **security
     )

@@ -271,7 +271,7 @@ def test_a_workflow_without_docker_storage_on_a_volume_is_caught(node, trial, cl
     [
         (lambda c: c.update(image=c["image"].split("@")[0] + "@sha256:" + "0" * 64), "not found"),
         (lambda c: c.update(name="model"), "no container is named like the graph node"),
-        (lambda c: c["securityContext"].update(runAsUser=0), "runAsNonRoot and image will run as root"),
+        (lambda c: c["securityContext"].update(runAsUser=0), "runAsUser breaks non-root policy"),
         # the read-only root is real: temporary files kept on it (not /dev/shm) stop the server
         (lambda c: c["env"].append({"name": "TMPDIR", "value": "/tmp"}), "did not become ready"),
     ],

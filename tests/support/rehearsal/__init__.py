@@ -6,8 +6,9 @@ and its engine (Polyaxon, Argo, the Seldon Core operator) would run it. No clust
   (never from the engine that built them), volumes named after the claims, secrets as files;
 * ``Pod`` — containers sharing one network namespace (a pause container's, with nothing but
   loopback), volumes mounted at the spec's paths, ``fsGroup`` applied to the volumes as the
-  kubelet does, each container's securityContext as runc gets it (``security_options``:
-  privileged, read-only root, no new privileges, capabilities, seccomp, runAsNonRoot); the cluster network is a forwarder to the
+  kubelet does, each container's securityContext over the pod's as runc gets it
+  (``security_options``: privileged, read-only root, no new privileges, capabilities, seccomp,
+  user and group, runAsNonRoot); the cluster network is a forwarder to the
   host's loopback (``forward.py``) for the registry, and from the gateway into the pod;
 * ``run_polyaxon_trial`` / ``run_workflow`` / ``start_seldon`` — the engines' own parts:
   Polyaxon's input and ``globals`` substitution, Argo's parameters and sidecars, the Seldon Core
@@ -240,7 +241,7 @@ class Pod:
             "network_mode": f"container:{self.pause.id}",
             "detach": detach,
             "name": f"{self.name}-{container['name']}-{uuid.uuid4().hex[:6]}",
-            **security_options(container.get("securityContext") or {}, image_user),
+            **security_options(container.get("securityContext") or {}, image_user, self.spec.get("securityContext")),
         }
         if group is not None:
             kwargs["group_add"] = [str(group)]
@@ -443,33 +444,40 @@ def operator_env(sdep: dict[str, Any], predictor: dict[str, Any], container: dic
     return env
 
 
-def security_options(sc: dict[str, Any], image_user: str) -> dict[str, Any]:
-    """Docker's options for a container's ``securityContext``, as the kubelet hands it to runc:
-    privileged, a read-only root (docker's /dev/shm stays a writable tmpfs, as a pod's does), no
-    new privileges, capabilities dropped and added, the seccomp profile, the user; and, as the
-    kubelet does, no start for ``runAsNonRoot`` when the user is root or not a number."""
+#: the fields of a pod's securityContext that its containers take unless they set their own
+POD_LEVEL = ("runAsUser", "runAsGroup", "runAsNonRoot", "seccompProfile")
+
+
+def security_options(sc: dict[str, Any], image_user: str, pod: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Docker's options for a container's ``securityContext`` (over the pod's ``POD_LEVEL``
+    fields), as the kubelet hands it to runc: privileged, a read-only root (docker's /dev/shm
+    stays a writable tmpfs, as a pod's does), no new privileges, capabilities dropped and added,
+    the seccomp profile (none set: unconfined, the kubelet's default), the user and group; and,
+    as the kubelet does, no start for ``runAsNonRoot`` when the user is root or not a number."""
+    sc = {**{k: v for k, v in (pod or {}).items() if k in POD_LEVEL}, **sc}
     opts: dict[str, Any] = {"privileged": bool(sc.get("privileged"))}
     if sc.get("readOnlyRootFilesystem"):
         opts["read_only"] = True
     security = []
     if sc.get("allowPrivilegeEscalation") is False:
         security.append("no-new-privileges")
-    seccomp = (sc.get("seccompProfile") or {}).get("type")
+    seccomp = (sc.get("seccompProfile") or {}).get("type", "Unconfined")
     if seccomp == "Unconfined":
         security.append("seccomp=unconfined")
-    elif seccomp not in (None, "RuntimeDefault"):  # docker's default profile is the runtime's default
+    elif seccomp != "RuntimeDefault":  # docker's default profile is the runtime's default
         raise PodFailed(f"seccomp profile {seccomp!r}: the rehearsal knows RuntimeDefault and Unconfined")
-    if security:
-        opts["security_opt"] = security
+    opts["security_opt"] = security
     caps = sc.get("capabilities") or {}
     if caps.get("drop"):
         opts["cap_drop"] = list(caps["drop"])
     if caps.get("add"):
         opts["cap_add"] = list(caps["add"])
     user = str(sc["runAsUser"]) if "runAsUser" in sc else image_user.split(":")[0]
-    if "runAsUser" in sc:
-        opts["user"] = user
+    if "runAsUser" in sc or "runAsGroup" in sc:
+        opts["user"] = user + (f":{sc['runAsGroup']}" if "runAsGroup" in sc else "")
     if sc.get("runAsNonRoot"):
+        if "runAsUser" in sc and user == "0":
+            raise PodFailed("container's runAsUser breaks non-root policy")
         if user and not user.isdigit():
             raise PodFailed(
                 f"container has runAsNonRoot and image has non-numeric user ({user}), cannot verify user is non-root"
@@ -487,9 +495,12 @@ class SeldonPod:
     grace: int
 
 
+OPERATOR_USER = 8888
+
+
 def start_seldon(node: Node, sdep: dict[str, Any], timeout: float = 120) -> SeldonPod:
     """The first predictor's pod as the operator makes it: the graph node's container with the
-    image's own command and user, the operator's environment after the container's own, the
+    image's own command, the operator's user and environment after the container's own, the
     predictor's secrets for the pull; ready when its HTTP port answers, as its probe checks."""
     predictor = sdep["spec"]["predictors"][0]
     spec = predictor["componentSpecs"][0]["spec"]
@@ -498,7 +509,12 @@ def start_seldon(node: Node, sdep: dict[str, Any], timeout: float = 120) -> Seld
     if container is None:
         raise PodFailed(f"no container is named like the graph node {name!r}: the operator would not wire it")
     container = {**container, "env": [*(container.get("env") or []), *operator_env(sdep, predictor, container)]}
-    pod = Pod(node, f"seldon-{sdep['metadata']['name']}", {"volumes": spec.get("volumes") or []})
+    # the operator's pod securityContext: runAsUser from its DEFAULT_USER_ID (8888 as its Helm
+    # chart installs it) where the deployment sets none, so the image runs as a user it never saw
+    security = spec.get("securityContext") or {"runAsUser": OPERATOR_USER}
+    pod = Pod(
+        node, f"seldon-{sdep['metadata']['name']}", {"volumes": spec.get("volumes") or [], "securityContext": security}
+    )
     try:
         c = pod.start(container)
         pod.forward("unix:/share/http.sock", f"tcp:127.0.0.1:{HTTP_PORT}")
