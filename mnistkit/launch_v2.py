@@ -32,7 +32,6 @@ import functools
 import gc
 import logging
 import os
-import signal
 import socket
 import sys
 import tempfile
@@ -374,8 +373,6 @@ def main(argv: list[str] | None = None) -> int:
     if cfg.processes > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnistkit-metrics-")
     supervisor = Supervisor(cfg.processes, _preload, functools.partial(_child, cfg), keep=sock)
-    signal.signal(signal.SIGTERM, supervisor.stop)
-    signal.signal(signal.SIGINT, supervisor.stop)
     log.info("serving %s on %s:%d with %d processes", cfg.folder, cfg.host, cfg.port, cfg.processes)
     return supervisor.run()
 

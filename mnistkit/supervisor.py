@@ -147,6 +147,10 @@ class Supervisor:
             _kill(pid)
 
     def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (handled by ``stop`` from now on) or a failed start;
+        returns the exit code: 0 after a stop, else the failing process's (or 1)."""
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
         if not self.spawn(list(range(self.processes))):
             return 1
         code = 0
