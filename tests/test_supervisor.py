@@ -31,7 +31,7 @@ def serve(index):
     if scenario == "fail-start":
         return 3
     if scenario == "crash" and index == 0 and sum(f.startswith("0-") for f in os.listdir(out)) == 1:
-        time.sleep(1.5)  # past MIN_UPTIME: a crash, not a failed start
+        time.sleep(3.0)  # well past MIN_UPTIME (1 s): a crash, not a failed start
         os._exit(9)
     while True:
         time.sleep(1)
