@@ -15,7 +15,6 @@ import hashlib
 import logging
 import os
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import DataError
-from .files import creation_mode
+from .files import temp_file
 
 if TYPE_CHECKING:  # torch loads only where tensors are made, so packaging stays light
     import torch
@@ -155,8 +154,7 @@ def _prepare_raw(root: Path) -> Path:
         src = raw / name if (raw / name).exists() else gz[name]
         if src.suffix != ".gz":
             raise DataError(f"{src} is corrupt (md5 or size mismatch); replace it with the original file")
-        fd, tmp = tempfile.mkstemp(dir=target, prefix=f".{name}.")
-        os.fchmod(fd, creation_mode())
+        fd, tmp = temp_file(target, f".{name}.")
         try:
             with gzip.open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
                 while chunk := fin.read(1 << 20):

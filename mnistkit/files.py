@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .errors import MnistkitError
 
-__all__ = ["creation_mode", "disk_errors", "os_reason", "write_atomic", "write_failed"]
+__all__ = ["creation_mode", "disk_errors", "os_reason", "temp_file", "write_atomic", "write_failed"]
 
 _HINTS = {
     errno.ENOSPC: "the disk is full: free some space or choose another folder",
@@ -70,6 +70,14 @@ def creation_mode() -> int:
     return 0o666 & ~mask
 
 
+def temp_file(folder: str | os.PathLike[str], prefix: str) -> tuple[int, str]:
+    """``tempfile.mkstemp`` in ``folder``, with ``creation_mode()`` instead of its 0o600:
+    (open file descriptor, path)."""
+    fd, path = tempfile.mkstemp(dir=folder, prefix=prefix)
+    os.fchmod(fd, creation_mode())
+    return fd, path
+
+
 def write_atomic(
     path: str | os.PathLike[str], data: bytes | str, *, error: type[MnistkitError] = MnistkitError
 ) -> None:
@@ -78,8 +86,7 @@ def write_atomic(
     blob = data.encode() if isinstance(data, str) else data
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-        os.fchmod(fd, creation_mode())
+        fd, tmp = temp_file(target.parent, f".{target.name}.")
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
             f.flush()

@@ -190,14 +190,14 @@ def _error_handlers(app: Any) -> None:
     app.add_exception_handler(HTTPException, http_error)
 
 
-def _offline_docs(app: Any) -> bool:
+def _offline_docs(app: Any) -> None:
     """Serve Swagger UI's files from the swagger-ui-bundle-v2 package at ``SWAGGER_UI`` and
-    point MLServer's docs pages there (they name a CDN otherwise). False, and MLServer's pages
-    as they are, where the package is not installed."""
+    point MLServer's docs pages there (they name a CDN otherwise); MLServer's pages stay as
+    they are where the package is not installed."""
     try:
         from swagger_ui_bundle import swagger_ui_path
     except ImportError:
-        return False
+        return
     import mlserver.rest.endpoints
     from fastapi.openapi.docs import get_swagger_ui_html
     from starlette.staticfiles import StaticFiles
@@ -209,7 +209,6 @@ def _offline_docs(app: Any) -> bool:
         swagger_favicon_url=f"{SWAGGER_UI}/favicon-32x32.png",
     )
     app.mount(SWAGGER_UI, StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")
-    return True
 
 
 def _shared_metrics(server: Any, serve: bool) -> None:

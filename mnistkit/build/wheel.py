@@ -13,14 +13,13 @@ import base64
 import hashlib
 import importlib.metadata
 import os
-import tempfile
 import zipfile
 from importlib.resources import files
 from pathlib import Path
 
 from .._version import __version__
 from ..errors import PackagingError
-from ..files import creation_mode
+from ..files import temp_file
 
 __all__ = ["package_digest", "package_version", "self_wheel"]
 
@@ -103,8 +102,7 @@ def self_wheel(dest: str | os.PathLike[str]) -> Path:
         (f"{info}/entry_points.txt", entry_points.encode()),
     ]
     record = "\n".join(_record_line(n, d) for n, d in entries) + f"\n{info}/RECORD,,\n"
-    fd, tmp = tempfile.mkstemp(dir=dest, prefix=".wheel-")
-    os.fchmod(fd, creation_mode())
+    fd, tmp = temp_file(dest, ".wheel-")
     os.close(fd)
     try:
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:

@@ -2,8 +2,8 @@
 
 ``serving.kserve.io/v1beta1`` with a custom predictor: one container named
 ``kserve-container`` (KServe's name for it; the Service reads its port from the first
-container), the image by digest, a restricted read-only security context, ``PROTOCOL=v2`` (a custom container has no
-``protocolVersion`` field), port ``http1`` 8080 (the one name both the Standard and the
+container), the image by digest, a restricted read-only security context, ``PROTOCOL=v2``
+(a custom container has no ``protocolVersion`` field), port ``http1`` 8080 (the one name both the Standard and the
 Knative deployment modes accept), HTTP probes on the V2 health routes (KServe would add
 only a TCP probe) and two cores (KServe's default is one; the image runs two server
 processes). The deployment mode is set explicitly: the cluster default differs between

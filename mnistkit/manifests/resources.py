@@ -2,7 +2,8 @@
 
 * a SeldonDeployment (``machinelearning.seldon.io/v1``, or ``v1alpha2`` for older clusters)
   serving the pushed image, pinned by digest when known, in a restricted, read-only security
-  context — ``protocol: v2`` for a V2 (``--server mlserver``) image; the KServe InferenceService is in ``kserve.py``;
+  context — ``protocol: v2`` for a V2 (``--server mlserver``) image; the KServe
+  InferenceService is in ``kserve.py``;
 * an Argo ``Workflow`` that packages and pushes in the cluster with the build-tool image,
   talking to a docker-in-docker sidecar in the same pod (never the node's
   ``/var/run/docker.sock``), the model read from a PVC and the registry credentials from a
@@ -126,7 +127,6 @@ def _v2_container(cfg: ManifestConfig) -> dict[str, Any]:
         "readinessProbe": {"httpGet": {"path": "/v2/health/ready", "port": "http"}, "periodSeconds": 5},
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http"}, "periodSeconds": 10},
         "resources": {"requests": {"cpu": cfg.cpu, "memory": cfg.memory}, "limits": {"memory": cfg.memory_limit}},
-        "securityContext": copy.deepcopy(SERVING_SECURITY),
     }
 
 
@@ -141,10 +141,10 @@ def seldon_deployment(cfg: ManifestConfig) -> dict[str, Any]:
         "imagePullPolicy": "IfNotPresent",
         "env": [{"name": "GUNICORN_WORKERS", "value": str(cfg.workers)}, {"name": "GUNICORN_THREADS", "value": "1"}],
         "resources": {"requests": {"cpu": cfg.cpu, "memory": cfg.memory}, "limits": {"memory": cfg.memory_limit}},
-        "securityContext": copy.deepcopy(SERVING_SECURITY),
     }
     if cfg.server == "mlserver":
         container = _v2_container(cfg)
+    container["securityContext"] = copy.deepcopy(SERVING_SECURITY)
     annotations = {f"mnistkit.io/{k.replace('_', '-')}": str(v) for k, v in cfg.provenance.items()}
     pod = {
         "containers": [container],
