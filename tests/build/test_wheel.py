@@ -135,7 +135,11 @@ def test_an_image_serves_the_mnistkit_that_built_it(trained_run, docker_client, 
     copy = tmp_path / "copy"
     shutil.copytree(REPO / "mnistkit", copy / "mnistkit", ignore=shutil.ignore_patterns("__pycache__"))
     serving = copy / "mnistkit" / "serving.py"
-    serving.write_text(serving.read_text().replace('"platform": "pytorch"', '"platform": "pytorch-changed-in-a-copy"'))
+    source = serving.read_text()
+    assert '"platform": self.platform,' in source  # what the copy changes must be there to change
+    serving.write_text(
+        source.replace('"platform": self.platform,', '"platform": self.platform + "-changed-in-a-copy",')
+    )
     code = "import mnistkit.build.wheel as w; print(w.package_version())"
     changed_version = subprocess.run(
         [sys.executable, "-c", code],
@@ -162,7 +166,7 @@ def test_an_image_serves_the_mnistkit_that_built_it(trained_run, docker_client, 
             str(tmp_path / "work"),
             "--json",
         ],
-        env={**os.environ, "PYTHONPATH": str(copy)},
+        env={**os.environ, "PYTHONPATH": str(copy), "MNISTKIT_DATA_DIR": str(REPO / "examples" / "data")},
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -177,7 +181,7 @@ def test_an_image_serves_the_mnistkit_that_built_it(trained_run, docker_client, 
         import urllib.request
 
         meta = json.loads(urllib.request.urlopen(f"{url}/metadata", timeout=10).read())
-        assert meta["platform"] == "pytorch-changed-in-a-copy"
+        assert meta["platform"] == "onnxruntime-changed-in-a-copy"
         assert meta["custom"]["mnistkit_version"] == changed_version
     finally:
         container.remove(force=True)
