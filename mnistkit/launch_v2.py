@@ -32,6 +32,7 @@ import functools
 import gc
 import logging
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -282,8 +283,11 @@ def _child(cfg: LaunchConfig, index: int) -> int:
     install_uvloop_event_loop()
     try:
         asyncio.run(_serve(cfg, index))
-    except Exception as e:  # a model that cannot load: say why in one line, exit non-zero
+    except MnistkitError as e:  # a model that cannot load: say why in one line, exit non-zero
         log.error("server process %d failed: %s", index, e)
+        return 1
+    except Exception as e:  # MLServer's own errors (a bad settings file) keep their traceback
+        log.error("server process %d failed: %s", index, e, exc_info=True)
         return 1
     return 0
 
@@ -309,15 +313,26 @@ def _bind(cfg: LaunchConfig, *, reuse_port: bool = True, listen: bool = True) ->
     return sock
 
 
-def _reserve(cfg: LaunchConfig) -> tuple[LaunchConfig, socket.socket]:
-    """The supervisor's hold on the port, before anything starts: a plain bind first, which
-    fails while anything listens there (another server, or servers a killed supervisor left
-    behind; a SO_REUSEPORT bind would join them), then a SO_REUSEPORT socket that does not
-    listen on the port that got (the port 0 chose, if 0), held while serving."""
+def _reserve(cfg: LaunchConfig) -> tuple[LaunchConfig, list[socket.socket]]:
+    """The supervisor's hold on the port, before anything starts, held while serving:
+
+    * a plain bind first, which fails while anything listens there (another server, or servers
+      a killed supervisor left behind; a SO_REUSEPORT bind would join them);
+    * a lock, an abstract Unix socket named for the port (per network namespace, as the port
+      is), which fails while another launcher holds that port and is still starting;
+    * a SO_REUSEPORT socket that does not listen, on the port the probe got (port 0 chooses)."""
     probe = _bind(cfg, reuse_port=False, listen=False)
     cfg = replace(cfg, port=probe.getsockname()[1])
     probe.close()
-    return cfg, _bind(cfg, listen=False)
+    lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        lock.bind(f"\0mnistkit-launch-v2:{cfg.port}")
+    except OSError:
+        lock.close()
+        raise ServingError(
+            f"cannot listen on {cfg.host}:{cfg.port}: another mnistkit V2 server is starting there"
+        ) from None
+    return cfg, [lock, _bind(cfg, listen=False)]
 
 
 #: imported before forking too: what every process imports anyway when it starts and loads the model
@@ -365,15 +380,20 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     try:
         cfg = LaunchConfig.from_env(args[0] if args else ".")
-        cfg, sock = _reserve(cfg)
+        cfg, reservation = _reserve(cfg)
     except MnistkitError as e:  # a wrong setting: one line, no traceback
         log.error("%s", e)
         return 2
+    metrics = None
     if cfg.processes > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnistkit-metrics-")
-    supervisor = Supervisor(cfg.processes, _preload, functools.partial(_child, cfg), keep=sock)
+        metrics = os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mnistkit-metrics-")
+    supervisor = Supervisor(cfg.processes, _preload, functools.partial(_child, cfg), keep=reservation)
     log.info("serving %s on %s:%d with %d processes", cfg.folder, cfg.host, cfg.port, cfg.processes)
-    return supervisor.run()
+    try:
+        return supervisor.run()
+    finally:
+        if metrics is not None:  # the folder it made (one the platform set stays)
+            shutil.rmtree(metrics, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 ``Supervisor`` forks the serving processes from a template that has imported what they share,
 replaces one that dies after serving, stops them all on SIGTERM/SIGINT, and exits non-zero when
-they fail to start. Signals are held around every fork, so a SIGTERM during start-up reaches
-every process that starts.
+they fail to start. The supervisor holds SIGTERM and SIGINT around every fork it makes (the
+template forks with the default handlers), so a SIGTERM during start-up reaches every process
+that starts.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
-from collections.abc import Callable, Iterator
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 __all__ = ["Supervisor", "MIN_UPTIME"]
@@ -52,6 +55,12 @@ def _kill(pid: int) -> None:
         pass
 
 
+def _exit_code(status: int) -> int:
+    """A ``wait`` status as a shell reports it: the exit code, or 128 + the signal that killed it."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
 def _subreaper() -> bool:
     """Make this process the subreaper of its descendants (Linux): processes whose parent exits
     become its children, so it can wait for them. False where that cannot be set."""
@@ -72,30 +81,37 @@ class Supervisor:
     this process's children (it is their subreaper). A parent that had imported all that would
     keep the original of every page its children have since written (~16 MB with two V2
     processes). Where no subreaper can be set, this process is the template and stays one.
-    ``keep``, a socket only the supervisor holds (a port's reservation), is closed in the
-    children."""
+    ``keep``: sockets only the supervisor holds (a port's reservation), closed in the children."""
 
     def __init__(
         self,
         processes: int,
         preload: Callable[[], None],
         serve: Callable[[int], int],
-        keep: socket.socket | None = None,
+        keep: Sequence[socket.socket] = (),
     ) -> None:
-        self.processes, self.preload, self.serve, self.keep = processes, preload, serve, keep
+        self.processes, self.preload, self.serve, self.keep = processes, preload, serve, tuple(keep)
         self.children: dict[int, tuple[int, float]] = {}  # pid -> (index, start time)
         self.stopping = False
-        self.use_template = _subreaper()
+        self.use_template = True  # set by run(): whether this process could become a subreaper
 
     def spawn(self, indices: list[int]) -> int:
-        """Start the serving processes ``indices``; returns how many started."""
+        """Start the serving processes ``indices``; returns how many started (an error that
+        stopped the others from starting is logged in one line)."""
         before = len(self.children)
-        if not self.use_template:
-            self.preload()
-            for index in indices:
-                with _signals_held():  # a SIGTERM now is handled once the child is known
-                    self._started(index, self._fork_server(index))
-            return len(self.children) - before
+        try:
+            if self.use_template:
+                self._spawn_from_template(indices)
+            else:
+                self.preload()
+                for index in indices:
+                    with _signals_held():  # a SIGTERM now is handled once the child is known
+                        self._started(index, self._fork_server(index))
+        except Exception as e:  # the imports failed, or fork did (EAGAIN at a pid limit)
+            log.error("cannot start the server processes: %s", e)
+        return len(self.children) - before
+
+    def _spawn_from_template(self, indices: list[int]) -> None:
         r, w = os.pipe()
         with _signals_held():
             pid = os.fork()
@@ -119,7 +135,6 @@ class Supervisor:
         with _signals_held():
             for index, child in started:
                 self._started(index, child)
-        return len(self.children) - before
 
     def _started(self, index: int, pid: int) -> None:
         self.children[pid] = (index, time.monotonic())
@@ -132,16 +147,25 @@ class Supervisor:
             code = 1
             try:
                 _default_signals()
-                if self.keep is not None:
-                    self.keep.close()
+                for sock in self.keep:
+                    sock.close()
                 if pipe is not None:
                     os.close(pipe)
                 code = self.serve(index)
+            except SystemExit as e:  # as the interpreter would exit with it
+                if e.code is None or isinstance(e.code, int):
+                    code = e.code or 0
+                else:  # sys.exit("message"): the message, and 1
+                    print(e.code, file=sys.stderr)
+            except BaseException:  # a bug: its traceback, as an uncaught exception would print
+                traceback.print_exc()
             finally:
+                sys.stderr.flush()
                 os._exit(code)
         return pid
 
     def stop(self, signum: int, frame: Any = None) -> None:
+        """The SIGTERM/SIGINT handler: stop every process, and any that starts from now on."""
         self.stopping = True
         for pid in list(self.children):
             _kill(pid)
@@ -151,9 +175,14 @@ class Supervisor:
         returns the exit code: 0 after a stop, else the failing process's (or 1)."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        if not self.spawn(list(range(self.processes))):
-            return 1
+        self.use_template = _subreaper()
         code = 0
+        count = self.spawn(list(range(self.processes)))
+        if count < self.processes:  # all or none: a server short of processes is a failed start
+            if count:
+                log.error("only %d of %d server processes started; stopping", count, self.processes)
+            code = 1
+            self.stop(signal.SIGTERM)
         while self.children:
             try:
                 pid, status = os.wait()
@@ -162,7 +191,7 @@ class Supervisor:
             index, started = self.children.pop(pid, (-1, 0.0))
             if self.stopping or index < 0:
                 continue
-            exit_code = os.waitstatus_to_exitcode(status)
+            exit_code = _exit_code(status)
             if time.monotonic() - started < MIN_UPTIME:
                 log.error("server process %d exited with %d while starting; stopping", index, exit_code)
                 code = exit_code or 1

@@ -322,24 +322,68 @@ def test_a_port_something_listens_on_is_refused_not_shared(v2, trained_run, tmp_
         other.close()
 
 
+def _servers(folder) -> list[int]:
+    """Live processes serving ``folder``: the launcher and its forks (which keep its command line)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read().split(b"\0")
+            zombie = "zombie" in open(f"/proc/{entry}/status").read()
+        except OSError:
+            continue
+        if str(folder).encode() in cmdline and b"mnistkit.launch_v2" in cmdline and not zombie:
+            found.append(int(entry))
+    return found
+
+
+def _until_serving(proc) -> None:
+    """Read the launcher's log up to its "serving ... on ..." line: the port is reserved and the
+    supervisor handles SIGTERM; the servers are still importing."""
+    for line in proc.stderr:
+        if "[mnistkit.launch_v2] INFO - serving" in line:
+            return
+    raise AssertionError(f"the launcher exited with {proc.wait()} before it served")
+
+
 def test_sigterm_while_the_servers_start_stops_them_all(trained_run, tmp_path):
     """SIGTERM while the template still imports (or forks): every process that starts is told
-    to stop, none is left behind, and the launcher exits."""
+    to stop, none is left behind, and the launcher exits with 0."""
     from mnistkit.local._proc import free_port
     from mnistkit.local.mlserver import write_model_folder
 
     folder = write_model_folder(trained_run.artifact, tmp_path / "m", max_batch=8)
-    for delay in (0.3, 0.8):
+    for delay in (0.05, 0.4):
         proc = _launch(folder, free_port(), MNISTKIT_PROCESSES="2")
+        _until_serving(proc)
         time.sleep(delay)
-        started = _children(proc.pid)
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=60)
-        assert proc.returncode in (0, 1)
-        assert wait_until(lambda p=proc: not _children(p.pid), 10)
-        assert not any(
-            os.path.exists(f"/proc/{c}") and "zombie" not in open(f"/proc/{c}/status").read() for c in started
-        )
+        assert proc.returncode == 0
+        assert wait_until(lambda: not _servers(folder), 10), "a server process was left running"
+
+
+def test_a_second_launcher_on_a_port_still_starting_is_refused(trained_run, tmp_path):
+    """The first launcher holds the port from its first line, while its servers still import and
+    load the model (nothing listens yet): a second one on that port says so and exits 2, instead
+    of joining it with SO_REUSEPORT and serving whatever model it has."""
+    from mnistkit.local._proc import free_port, http_status
+    from mnistkit.local.mlserver import write_model_folder
+
+    folder = write_model_folder(trained_run.artifact, tmp_path / "m", max_batch=8)
+    port = free_port()
+    first = _launch(folder, port, MNISTKIT_PROCESSES="1")
+    try:
+        _until_serving(first)
+        second = _launch(folder, port, MNISTKIT_PROCESSES="1")
+        _, err = second.communicate(timeout=60)
+        assert second.returncode == 2, err
+        assert f"cannot listen on 127.0.0.1:{port}: another mnistkit V2 server is starting there" in err
+        assert "Traceback" not in err
+        assert wait_until(lambda: http_status(f"http://127.0.0.1:{port}/v2/health/ready") == 200, 60)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+    assert first.returncode == 0
 
 
 def test_serving_v2_all_is_what_it_defines():

@@ -25,14 +25,20 @@ if mode == "in-process":
 def preload():
     if scenario == "slow-preload":
         time.sleep(2.0)
+    if scenario == "bad-preload":
+        import mnistkit_no_such_module
 
 def serve(index):
     open(os.path.join(out, f"{index}-{os.getpid()}"), "w").close()
     if scenario == "fail-start":
         return 3
+    if scenario == "exit-start":
+        sys.exit(4)
+    if scenario == "bug-start":
+        raise RuntimeError("a bug in serve")
     if scenario == "crash" and index == 0 and sum(f.startswith("0-") for f in os.listdir(out)) == 1:
         time.sleep(3.0)  # well past MIN_UPTIME (1 s): a crash, not a failed start
-        os._exit(9)
+        os.kill(os.getpid(), 9)
     while True:
         time.sleep(1)
 
@@ -83,7 +89,7 @@ def test_a_process_that_dies_after_serving_is_replaced(mode, tmp_path):
     assert len(_started(tmp_path)["1"]) == 1
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
-    assert "server process 0 exited with 9; starting a new one" in proc.stderr.read()
+    assert "server process 0 exited with 137; starting a new one" in proc.stderr.read()  # 128 + SIGKILL
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -103,4 +109,25 @@ def test_sigterm_while_they_start_reaches_every_process_that_starts(mode, tmp_pa
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=30) == 0
     assert all(_gone(pid) for pid in _all(tmp_path))
-    assert not _all(tmp_path) or len(_all(tmp_path)) == 2
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_imports_that_fail_are_one_line_and_exit_1(mode, tmp_path):
+    proc = _start(mode, "bad-preload", tmp_path)
+    assert proc.wait(timeout=30) == 1
+    err = proc.stderr.read()
+    assert "cannot start the server processes: No module named 'mnistkit_no_such_module'" in err
+    assert "Traceback" not in err and not _all(tmp_path)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    "scenario, code, says",
+    [("exit-start", 4, ""), ("bug-start", 1, "RuntimeError: a bug in serve")],
+)
+def test_a_server_that_exits_or_raises_keeps_its_code_and_its_traceback(mode, scenario, code, says, tmp_path):
+    proc = _start(mode, scenario, tmp_path)
+    assert proc.wait(timeout=30) == code
+    err = proc.stderr.read()
+    assert f"exited with {code} while starting; stopping" in err
+    assert says in err and ("Traceback" in err) == bool(says)
