@@ -14,7 +14,7 @@ import errno
 import os
 import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .errors import MnistkitError
@@ -74,7 +74,10 @@ def temp_file(folder: str | os.PathLike[str], prefix: str) -> tuple[int, str]:
     """``tempfile.mkstemp`` in ``folder``, with ``creation_mode()`` instead of its 0o600:
     (open file descriptor, path)."""
     fd, path = tempfile.mkstemp(dir=folder, prefix=prefix)
-    os.fchmod(fd, creation_mode())
+    try:
+        os.fchmod(fd, creation_mode())
+    except OSError:  # a volume that refuses chmod (vfat, some CIFS and CSI mounts): keep 0o600
+        pass
     return fd, path
 
 
@@ -96,5 +99,6 @@ def write_atomic(
     except OSError as e:
         raise write_failed(e, target, error) from None
     finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+        if tmp is not None:
+            with suppress(OSError):
+                os.unlink(tmp)

@@ -65,6 +65,22 @@ def test_saved_files_are_readable_by_other_users_as_the_umask_says(tmp_path):
         assert len(modes) == 2 and set(modes.values()) == {mode}, modes
 
 
+def test_a_folder_that_refuses_chmod_still_gets_the_file_and_no_leftovers(tmp_path, monkeypatch):
+    """Some volumes refuse chmod (vfat, some CIFS and CSI mounts: EPERM). Simulated, as mounting
+    one needs a loop device: the write still happens, with mkstemp's mode, and no dot-file stays."""
+    import errno
+
+    from mnistkit import files
+
+    def refuse(fd: int, mode: int) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(files.os, "fchmod", refuse)
+    files.write_atomic(tmp_path / "config.json", "{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+    assert (tmp_path / "config.json").read_text() == "{}"
+
+
 def test_flipped_byte_in_weights_is_refused(tmp_path):
     save_artifact(tmp_path / "m", Network().state_dict())
     weights = next((tmp_path / "m").glob("weights-*.safetensors"))
