@@ -150,8 +150,14 @@ class Schedule:
     def _apply(self) -> None:
         if self.kind == "step":  # x 0.7 each epoch, compounded as torch's StepLR does
             self.opt.lr = self.opt.lr * 0.7 if self.t else self.base_lr
-        elif self.kind == "cosine":
-            self.opt.lr = self.base_lr * (1 + math.cos(self.t * math.pi / self.total)) / 2
+        elif self.kind == "cosine":  # torch's recursive form, to the bit (its closed form is not)
+            t, total = self.t, self.total
+            if not t:
+                self.opt.lr = self.base_lr
+            elif (t - 1 - total) % (2 * total) == 0:  # past the end: back up, as torch goes on
+                self.opt.lr += self.base_lr * (1 - math.cos(math.pi / total)) / 2
+            else:
+                self.opt.lr *= (1 + math.cos(math.pi * t / total)) / (1 + math.cos(math.pi * (t - 1) / total))
         else:
             self._one_cycle()
 

@@ -106,8 +106,8 @@ def test_same_weights_and_rates_as_torch_optim(optimizer, scheduler, lr, momentu
         theirs_lrs,  # type: ignore[attr-defined]
     )
 
-    assert ours_lrs == pytest.approx(theirs_lrs, rel=1e-12)
-    assert len(set(ours_lrs)) > (1 if scheduler != "none" else 0)  # the rate did change (or stayed)
+    assert ours_lrs == theirs_lrs  # the same rates, to the bit
+    assert len(set(ours_lrs)) == 1 if scheduler == "none" else len(set(ours_lrs)) > 1
     for (name, a), b in zip(ours_net.state_dict().items(), theirs_net.state_dict().values(), strict=True):
         assert torch.equal(a, b), name  # the same foreach ops in the same order: the same bits
     assert all(not torch.equal(v, start[k]) for k, v in ours_net.state_dict().items())  # every tensor trained
@@ -163,3 +163,27 @@ def test_training_does_not_import_torch_dynamo(tmp_path) -> None:  # type: ignor
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False"], out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("scheduler", ["cosine", "onecycle", "step"])
+def test_long_schedules_give_torchs_rates_to_the_bit(scheduler):
+    """A real run's length (14 epochs of 469 steps), and for cosine past its end, where torch's
+    recursive form goes back up: the rates themselves, with no training in between."""
+    steps, epochs = 469, 14
+    config = TrainConfig(optimizer="sgd", scheduler=scheduler, lr=0.05, momentum=0.9, epochs=epochs)
+    ours, sched = make_optimizer(config, Network().parameters(), steps)
+    t_opt = torch.optim.SGD(Network().parameters(), lr=0.05, momentum=0.9)  # no gradients: steps change nothing
+    t_sched = {
+        "cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(t_opt, T_max=epochs * steps),
+        "onecycle": lambda: torch.optim.lr_scheduler.OneCycleLR(t_opt, max_lr=0.05, total_steps=epochs * steps),
+        "step": lambda: torch.optim.lr_scheduler.StepLR(t_opt, step_size=1, gamma=0.7),
+    }[scheduler]()
+    assert sched is not None
+    n = {"cosine": 3 * epochs * steps, "onecycle": epochs * steps - 1, "step": epochs}[scheduler]
+    for i in range(n):
+        assert ours.lr == t_opt.param_groups[0]["lr"], i
+        if scheduler == "onecycle":
+            assert ours.momentum == t_opt.param_groups[0]["momentum"], i  # type: ignore[attr-defined]
+        t_opt.step()
+        t_sched.step()
+        sched.step()
