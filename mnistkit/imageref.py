@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from .errors import ConfigError
 
-__all__ = ["ImageRef", "DOCKER_HUB"]
+__all__ = ["ImageRef", "DOCKER_HUB", "parse_registry"]
 
 DOCKER_HUB = "docker.io"
 _HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
@@ -24,6 +24,29 @@ _DOMAIN = re.compile(
 _COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
+
+
+def _is_registry(first: str) -> bool:
+    """Docker's rule for the first component of a reference: a registry, not a Hub account."""
+    return "." in first or ":" in first or first == "localhost" or first != first.lower()
+
+
+def parse_registry(text: str) -> str:
+    """A registry to tag and push to (``host[:port]``), checked as docker will read it: a name
+    without a dot or a port (``registry``) is a Docker Hub account to docker, so an image tagged
+    there, and the credentials chosen for it, would go to Docker Hub."""
+    if "://" in text:
+        raise ConfigError(
+            f"registry {text!r}: give it without a scheme, as host[:port] (e.g. {text.split('://', 1)[1]})"
+        )
+    if not _DOMAIN.fullmatch(text or "-"):
+        raise ConfigError(f"{text!r} is not a registry host[:port]; e.g. localhost:5000 or registry.example.com")
+    if not _is_registry(text):
+        raise ConfigError(
+            f"registry {text!r} has no dot and no port, so docker would push to Docker Hub instead; "
+            f"give host:port (e.g. {text}:5000) or a domain name"
+        )
+    return text
 
 
 @dataclass(frozen=True)
@@ -45,7 +68,7 @@ class ImageRef:
             raise ConfigError(f"{text!r}: the digest must be sha256: and 64 hex digits")
         first, slash, remainder = rest.partition("/")
         registry = None
-        if slash and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
+        if slash and _is_registry(first):
             if not _DOMAIN.fullmatch(first):
                 raise ConfigError(f"{text!r}: {first!r} is not a registry host[:port]")
             registry, rest = first, remainder

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from mnistkit.errors import ConfigError
@@ -80,3 +82,32 @@ def test_repository_and_retagging():
     assert ref.repository == "127.0.0.1:5000/mnistkit/mnist" and ref.tag_or_latest == "latest"
     assert str(ref.with_digest(D)) == f"127.0.0.1:5000/mnistkit/mnist@{D}"
     assert str(ref.with_tag("abc")) == "127.0.0.1:5000/mnistkit/mnist:abc"
+
+
+@pytest.mark.parametrize("text", ["localhost", "localhost:5000", "127.0.0.1:5000", "registry.example.com", "reg:443"])
+def test_registries_are_what_docker_reads_as_registries(text):
+    from mnistkit.imageref import parse_registry
+
+    assert parse_registry(text) == text
+    assert ImageRef.parse(f"{text}/mnistkit/mnist:1").registry == text  # docker reads it the same way
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            "registry",
+            "no dot and no port, so docker would push to Docker Hub instead; give host:port (e.g. registry:5000)",
+        ),
+        ("http://reg:5000", "without a scheme, as host[:port] (e.g. reg:5000)"),
+        ("reg:port", "is not a registry host[:port]"),
+        ("", "is not a registry host[:port]"),
+    ],
+)
+def test_a_registry_docker_would_read_as_a_hub_account_is_refused(text, message):
+    """An image tagged ``registry/mnistkit/x`` goes to Docker Hub's account "registry", and with
+    it the credentials found for the host "registry": refused before anything is tagged."""
+    from mnistkit.imageref import parse_registry
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        parse_registry(text)

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PushError
-from ..imageref import ImageRef
+from ..imageref import ImageRef, parse_registry
 from ..local.dockerd import engine_failure
 from ..settings import settings
 
@@ -210,9 +210,14 @@ def publish(client: Any, local: str, registry: str, credentials: Credentials | N
     import docker
 
     src = ImageRef.parse(local)
-    target = ImageRef(registry, src.path, src.tag_or_latest)
+    target = ImageRef(parse_registry(registry), src.path, src.tag_or_latest)
     try:
         client.images.get(local).tag(target.repository, target.tag_or_latest)
     except docker.errors.ImageNotFound:
         raise PushError(f"image {local} not found; build it first") from None
+    except Exception as e:
+        reason = engine_failure(e)
+        if reason is None:
+            raise
+        raise PushError(f"cannot tag {local} as {target}: {reason}") from None
     return push(client, target, credentials)

@@ -299,6 +299,10 @@ def builder_cmd(
 
     if push and not registry:
         raise ConfigError("--push needs --registry HOST[:PORT]")
+    if registry:
+        from ..imageref import parse_registry
+
+        parse_registry(registry)  # before the build: a Hub account where a registry was meant
     if server:
         from ..build.model_image import builder_kind
 
@@ -319,10 +323,10 @@ def builder_cmd(
 def _to_registry(client: Any, built: str, registry: str, push: bool, username: str | None, password: str | None) -> str:
     """Tag ``built`` at ``registry`` under the same name, and push it there when asked."""
     from ..build.push import find_credentials, publish
-    from ..imageref import ImageRef
+    from ..imageref import ImageRef, parse_registry
     from ..local.dockerd import engine_errors
 
-    target = ImageRef(registry, ImageRef.parse(built).path, ImageRef.parse(built).tag)
+    target = ImageRef(parse_registry(registry), ImageRef.parse(built).path, ImageRef.parse(built).tag)
     if push:
         return f" -> {publish(client, built, registry, find_credentials(target, username, password)).reference}"
     with engine_errors(f"tagging {target}"):

@@ -92,8 +92,9 @@ def polyaxon_check(path: Path) -> None:
 def cluster_images(registry: str | None, server: str = "seldon") -> dict[str, str]:
     """The builder (for ``server``), build-tool and training images as mnistkit tags them, at ``registry``."""
     from ..build.builder_image import KINDS, image_tag
+    from ..imageref import parse_registry
 
-    prefix = f"{registry}/" if registry else ""
+    prefix = f"{parse_registry(registry)}/" if registry else ""
     return {
         "builder_image": prefix + image_tag(KINDS[f"{server}-onnx"]),  # the lean default; the tool exports ONNX
         "tool_image": prefix + image_tag(KINDS["tool"]),

@@ -104,3 +104,15 @@ def test_build_tool_image_runs_mnistkit_build(docker_client, builder_image):
     out = docker_client.containers.run(tag, ["--help"], remove=True, network_disabled=True).decode()
     assert "Package a trained model as a Seldon Core image" in out
     assert docker_client.images.get(tag).attrs["Config"]["User"] == "1001"
+
+
+@pytest.mark.parametrize("command", [["builder"], ["manifests", "SRC", "--image", "127.0.0.1:5000/m/x:1"]])
+def test_a_registry_docker_would_read_as_docker_hub_is_refused_before_anything_runs(command, trained_run):
+    """``--registry registry`` (no dot, no port) would tag images as Docker Hub's account
+    "registry" and send them, with the credentials found for that host, to Docker Hub."""
+    args = [str(trained_run.run_dir) if a == "SRC" else a for a in command]
+    r = _cli([*args, "--registry", "registry", *(["--push"] if command == ["builder"] else [])])
+    assert r.exit_code == 1 and r.stderr.strip().splitlines() == [
+        "Error: registry 'registry' has no dot and no port, so docker would push to Docker Hub instead; "
+        "give host:port (e.g. registry:5000) or a domain name"
+    ], r.stderr
