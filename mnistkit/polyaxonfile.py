@@ -19,6 +19,7 @@ round ``value // q * q``. ``write_v1`` exports a spec as a current polyaxonfile 
 from __future__ import annotations
 
 import ast
+import math
 import re
 import shlex
 from collections.abc import Mapping
@@ -29,8 +30,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .errors import SearchError
-from .files import disk_errors
+from .errors import MnistkitError, SearchError
+from .files import disk_errors, write_atomic
 
 __all__ = [
     "Distribution",
@@ -44,6 +45,8 @@ __all__ = [
     "write_v1",
     "DISCRETE",
     "CONTINUOUS",
+    "RECORDED_METRICS",
+    "check_group_name",
 ]
 
 # name -> names of its arguments, in the order of the "a:b:c" string form
@@ -116,6 +119,12 @@ _V1_TOP = {
     "patchStrategy",
 }
 _TEMPLATE = re.compile(r"\{\{\s*([\w.]+)\s*\}\}")
+#: what every finished trial records, so what a search can pick by or stop early on
+RECORDED_METRICS = ("test_accuracy", "test_loss", "best_epoch")
+#: a group folder's name: one path component, as Polyaxon's names are (no "/", no "..")
+_GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+#: the most values one discrete distribution may give (a grid of more is a typo, not a search)
+MAX_POINTS = 10_000
 
 
 @dataclass(frozen=True)
@@ -140,8 +149,9 @@ class Distribution:
             out = np.arange(*self.args)
         elif self.kind == "linspace":
             out = np.linspace(*self.args)
-        elif self.kind == "logspace":
-            out = np.logspace(*self.args)
+        elif self.kind == "logspace":  # start:stop:num[:base]; numpy's 4th argument is endpoint
+            start, stop, num = self.args[:3]
+            out = np.logspace(start, stop, num, base=self.args[3] if len(self.args) > 3 else 10.0)
         elif self.kind == "geomspace":
             out = np.geomspace(*self.args)
         else:
@@ -272,6 +282,13 @@ def parse_distribution(kind: str, value: Any, where: str) -> Distribution:
         if args[2] != int(args[2]):
             raise SearchError(f"{where}: {kind} needs a whole number of points, got {args[2]}")
         args = (args[0], args[1], int(args[2]), *args[3:])
+    if kind == "geomspace" and (0 in args[:2] or (args[0] < 0) != (args[1] < 0)):
+        raise SearchError(f"{where}: geomspace needs start and stop of the same sign, neither 0, got {value!r}")
+    if kind == "logspace" and len(args) > 3 and args[3] <= 0:
+        raise SearchError(f"{where}: logspace needs a positive base, got {value!r}")
+    points = math.ceil((args[1] - args[0]) / args[2]) if kind == "range" else args[2] if kind in DISCRETE else 0
+    if points > MAX_POINTS:
+        raise SearchError(f"{where}: {kind} {value!r} gives {points} values; at most {MAX_POINTS}")
     return Distribution(kind, args=args)
 
 
@@ -299,6 +316,50 @@ def _cmd_args(cmd: Any, where: str) -> tuple[str, ...]:
     while words and (not words[0].startswith("-") or words[0] == "-m"):
         words.pop(0)
     return tuple(words)
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    """``value`` when it is a mapping (nothing: an empty one); else a one-line error."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise SearchError(f"{where} must be a mapping, not {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, where: str, example: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SearchError(f"{where} must be a list, e.g. {example}")
+    return value
+
+
+def _whole(value: Any, where: str) -> int:
+    v = _number(value, where)
+    if v != int(v):
+        raise SearchError(f"{where}: {value!r} is not a whole number")
+    return int(v)
+
+
+def _seed(value: Any, where: str) -> int | None:
+    if value is None:
+        return None
+    v = _whole(value, where)
+    if v < 0:
+        raise SearchError(f"{where}: the seed must be 0 or more, got {value!r}")
+    return v
+
+
+def check_group_name(name: str, where: str = "the group name", error: type[MnistkitError] = SearchError) -> str:
+    """``name`` when it can name a group folder: one path component (no "/", no ".."), as
+    Polyaxon's names are; else a one-line ``error``."""
+    if not isinstance(name, str) or not _GROUP_NAME.fullmatch(name):
+        raise error(
+            f"{where} {name!r} must be letters, digits, '-', '_' or '.', starting with a letter or digit "
+            "(it names the group folder)"
+        )
+    return name
 
 
 def _check_keys(d: Mapping[str, Any], allowed: set[str], where: str) -> None:
@@ -344,8 +405,8 @@ def _parse_v0(doc: dict[str, Any], name: str) -> SearchSpec:
         params=dict(declarations),
         args=args,
         n_runs=n_runs,
-        concurrency=int(_number(hp.get("concurrency", 1), "hptuning.concurrency")),
-        seed=hp.get("seed"),
+        concurrency=_whole(hp.get("concurrency", 1), "hptuning.concurrency"),
+        seed=_seed(hp.get("seed"), "hptuning.seed"),
         early_stopping=tuple(stops),
         name=name,
         source_format="v0",
@@ -384,6 +445,8 @@ def _v0_algorithm(hp: dict[str, Any]) -> tuple[str, int | None]:
 def _early_stop(es: Mapping[str, Any], where: str) -> EarlyStopping:
     if "metric" not in es or "value" not in es:
         raise SearchError(f"{where}: needs metric and value")
+    if es["metric"] not in RECORDED_METRICS:
+        raise SearchError(f"{where}: metric {es['metric']!r} is not recorded; use {', '.join(RECORDED_METRICS)}")
     opt = str(es.get("optimization", "maximize")).lower()
     if opt not in ("maximize", "minimize"):
         raise SearchError(f"{where}: optimization must be maximize or minimize")
@@ -396,28 +459,34 @@ def _parse_v1(doc: dict[str, Any], name: str) -> SearchSpec:
     component = doc if kind == "component" else doc.get("component")
     if kind not in ("operation", "component") or not isinstance(component, dict):
         raise SearchError("polyaxonfile: expected kind: operation with an inline component, or kind: component")
-    run = component.get("run") or {}
-    container = run.get("container") if isinstance(run, dict) else None
+    if doc.get("name") is not None:
+        name = check_group_name(doc["name"], "polyaxonfile: name")
+    run = _mapping(component.get("run"), "component.run")
+    container = run.get("container")
     if not isinstance(container, dict):
         raise SearchError("polyaxonfile: component.run.container is missing")
-    args = _cmd_args([*(container.get("command") or []), *(container.get("args") or [])], "component.run.container")
+    where = "component.run.container"
+    command = _list(container.get("command"), f"{where}.command", "[mnistkit-train]")
+    args = _cmd_args([*command, *_list(container.get("args"), f"{where}.args", '["--lr={{ lr }}"]')], where)
     params: dict[str, Any] = {}
-    for inp in component.get("inputs") or []:
-        if isinstance(inp, dict) and "value" in inp:
+    for i, inp in enumerate(_list(component.get("inputs"), "component.inputs", "[{name: lr, type: float}]")):
+        if not isinstance(inp, dict) or not isinstance(inp.get("name"), str):
+            raise SearchError(f"component.inputs[{i}] must be a mapping with a name")
+        if "value" in inp:
             params[inp["name"]] = inp["value"]
-    for key, p in (doc.get("params") or {}).items():
+    for key, p in _mapping(doc.get("params"), "params").items():
         if not isinstance(p, dict) or "value" not in p:
             raise SearchError(f"params.{key}: expected {{value: ...}}")
         params[key] = p["value"]
-    matrix_doc = doc.get("matrix") if kind == "operation" else None
+    matrix_doc = _mapping(doc.get("matrix"), "matrix") if kind == "operation" else {}
     if not matrix_doc:
-        return SearchSpec("single", params=params, args=args, n_runs=1, name=doc.get("name") or name)
+        return SearchSpec("single", params=params, args=args, n_runs=1, name=name)
     mkind = matrix_doc.get("kind")
     if mkind not in ("grid", "random"):
         raise SearchError(f"matrix.kind {mkind!r} is not supported here; use grid or random")
     _check_keys(matrix_doc, {"kind", "params", "numRuns", "concurrency", "seed", "earlyStopping"}, "matrix")
     matrix = {}
-    for key, spec in (matrix_doc.get("params") or {}).items():
+    for key, spec in _mapping(matrix_doc.get("params"), "matrix.params").items():
         if not isinstance(spec, dict) or "kind" not in spec or "value" not in spec:
             raise SearchError(f"matrix.params.{key}: expected {{kind: ..., value: ...}}")
         matrix[key] = parse_distribution(spec["kind"], spec["value"], f"matrix.params.{key}")
@@ -426,19 +495,21 @@ def _parse_v1(doc: dict[str, Any], name: str) -> SearchSpec:
     if mkind == "random" and "numRuns" not in matrix_doc:
         raise SearchError("matrix: a random matrix needs numRuns")
     stops = []
-    for i, es in enumerate(matrix_doc.get("earlyStopping") or []):
-        stops.append(_early_stop(es, f"matrix.earlyStopping[{i}]"))
+    for i, es in enumerate(
+        _list(matrix_doc.get("earlyStopping"), "matrix.earlyStopping", "[{metric: test_accuracy, value: 0.99}]")
+    ):
+        stops.append(_early_stop(_mapping(es, f"matrix.earlyStopping[{i}]"), f"matrix.earlyStopping[{i}]"))
     n = matrix_doc.get("numRuns")
     return SearchSpec(
         mkind,
         matrix=matrix,
         params=params,
         args=args,
-        n_runs=int(n) if n is not None else None,
-        concurrency=int(matrix_doc.get("concurrency", 1)),
-        seed=matrix_doc.get("seed"),
+        n_runs=_whole(n, "matrix.numRuns") if n is not None else None,
+        concurrency=_whole(matrix_doc.get("concurrency", 1), "matrix.concurrency"),
+        seed=_seed(matrix_doc.get("seed"), "matrix.seed"),
         early_stopping=tuple(stops),
-        name=doc.get("name") or name,
+        name=name,
     )
 
 
@@ -559,7 +630,7 @@ def write_v1(
     out = Path(path)
     with disk_errors(SearchError, f"cannot write {out}"):
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    write_atomic(out, yaml.safe_dump(doc, sort_keys=False), error=SearchError)
     return out
 
 

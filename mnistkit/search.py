@@ -42,7 +42,15 @@ import numpy as np
 from .config import OPTIONS, PLACEMENT, TrainConfig
 from .errors import ConfigError, SearchError
 from .files import os_reason, write_atomic
-from .polyaxonfile import Distribution, EarlyStopping, SearchSpec, render, without_output_flags
+from .polyaxonfile import (
+    RECORDED_METRICS,
+    Distribution,
+    EarlyStopping,
+    SearchSpec,
+    check_group_name,
+    render,
+    without_output_flags,
+)
 
 __all__ = [
     "SearchConfig",
@@ -89,6 +97,10 @@ class SearchConfig:
         unknown = sorted(set(self.overrides) - set(OPTIONS))
         if unknown:
             raise ConfigError(f"not training options: {', '.join(unknown)}")
+        if self.metric not in RECORDED_METRICS:
+            raise ConfigError(f"--metric {self.metric!r} is not recorded by a trial; use {', '.join(RECORDED_METRICS)}")
+        if self.group_name is not None:
+            check_group_name(self.group_name, "--group-name", ConfigError)
         return self
 
 
@@ -479,6 +491,7 @@ def run_group(
     group.run()
     best = _record_best(group_dir, trials, config)
     if best is None:
+        (group_dir / "best.json").unlink(missing_ok=True)  # a rerun's old pick may name a trial redone since
         errors = sorted({t.error or "?" for t in trials if t.status == "failed"})
         raise SearchError(f"every trial failed ({'; '.join(errors)[:300]}); see {group_dir / 'logs'}")
     return GroupResult(group_dir, trials, best, time.monotonic() - started)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -141,6 +142,90 @@ def test_malformed_files_are_clear_errors(mutate, message):
     mutate(doc)
     with pytest.raises(SearchError, match=message.replace("{", "\\{").replace("}", "\\}")):
         parse_polyaxonfile(doc)
+
+
+def v1_doc() -> dict:
+    return {
+        "version": 1.1,
+        "kind": "operation",
+        "name": "mnist",
+        "matrix": {"kind": "random", "numRuns": 2, "params": {"lr": {"kind": "choice", "value": [0.05, 0.1]}}},
+        "component": {
+            "kind": "component",
+            "inputs": [{"name": "lr", "type": "float"}],
+            "run": {"kind": "job", "container": {"command": ["mnistkit-train"], "args": ["--lr={{ lr }}"]}},
+        },
+    }
+
+
+def _container(d):
+    return d["component"]["run"]["container"]
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.update(name="/tmp/elsewhere"), "name '/tmp/elsewhere' must be letters, digits"),
+        (lambda d: d.update(name="../../outside"), "name '../../outside' must be letters, digits"),
+        (lambda d: d.update(name=7), "name 7 must be letters, digits"),
+        (lambda d: d["matrix"].update(concurrency="two"), "matrix.concurrency: 'two' is not a number"),
+        (lambda d: d["matrix"].update(numRuns="x"), "matrix.numRuns: 'x' is not a number"),
+        (lambda d: d["matrix"].update(numRuns=2.5), "matrix.numRuns: 2.5 is not a whole number"),
+        (lambda d: d["matrix"].update(seed="abc"), "matrix.seed: 'abc' is not a number"),
+        (lambda d: d["matrix"].update(seed=-1), "matrix.seed: the seed must be 0 or more"),
+        (lambda d: d.update(matrix=["grid"]), "matrix must be a mapping, not list"),
+        (lambda d: d["matrix"].update(params=[{"lr": 1}]), "matrix.params must be a mapping, not list"),
+        (lambda d: d.update(params=[1]), "params must be a mapping, not list"),
+        (
+            lambda d: d["component"].update(inputs=[{"type": "float"}]),
+            "component.inputs[0] must be a mapping with a name",
+        ),
+        (lambda d: _container(d).update(command="mnistkit-train"), "command must be a list, e.g. [mnistkit-train]"),
+        (lambda d: _container(d).update(args="--lr={{ lr }}"), "args must be a list"),
+        (
+            lambda d: d["matrix"].update(earlyStopping=[{"metric": "loss", "value": 0.1}]),
+            "metric 'loss' is not recorded",
+        ),
+        (lambda d: d["matrix"].update(earlyStopping={"metric": "x"}), "matrix.earlyStopping must be a list"),
+        (lambda d: d["matrix"]["params"].update(m={"kind": "geomspace", "value": "0:1:3"}), "neither 0"),
+        (lambda d: d["matrix"]["params"].update(m={"kind": "range", "value": "0:1000000:1"}), "gives 1000000 values"),
+        (lambda d: d["matrix"]["params"].update(m={"kind": "logspace", "value": "0:3:4:-2"}), "positive base"),
+    ],
+)
+def test_malformed_current_format_files_are_clear_errors(mutate, message):
+    """The current format's hostile and mistyped files: each a one-line SearchError, never a
+    TypeError from deep inside, and never a group folder outside the output folder."""
+    doc = v1_doc()
+    mutate(doc)
+    with pytest.raises(SearchError, match=re.escape(message)):
+        parse_polyaxonfile(doc)
+
+
+def test_logspace_takes_its_base():
+    """``logspace: start:stop:num:base`` (numpy's 4th positional argument is endpoint, not base)."""
+    from mnistkit.polyaxonfile import parse_distribution
+
+    assert parse_distribution("logspace", "0:3:4:2", "m").points() == [1.0, 2.0, 4.0, 8.0]
+    assert parse_distribution("logspace", "0:3:4", "m").points() == [1.0, 10.0, 100.0, 1000.0]
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (
+            ["--metric", "accuracy"],
+            "--metric 'accuracy' is not recorded by a trial; use test_accuracy, test_loss, best_epoch",
+        ),
+        (["--group-name", "../x"], "--group-name '../x' must be letters, digits"),
+    ],
+)
+def test_search_options_are_checked_before_any_trial_runs(flags, message, tmp_path):
+    r = CliRunner(mix_stderr=False).invoke(
+        train_main, ["-f", str(SEED_FILE), "--output-dir", str(tmp_path / "out"), *flags]
+    )
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith(f"Error: {message}"), r.stderr
+    assert not (tmp_path / "out").exists()
 
 
 def test_unknown_training_flag_fails_before_anything_runs(tmp_path):
