@@ -165,3 +165,21 @@ def test_build_source_folder_has_onnx_only_for_the_onnx_runtime(trained_run, tmp
     assert (out / "model" / ONNX_FILE).exists() == has_onnx
     manifest, _, _ = read_manifest(out / "model")
     assert ("onnx" in manifest) == has_onnx
+
+
+def test_a_failed_export_leaves_no_source_folder_and_a_rerun_works(trained_run, tmp_path, monkeypatch):
+    """The ONNX export needs MNIST's test set for its parity check; without it the build fails in
+    one line and leaves nothing at --source-only (before, a half-made folder that a rerun refused)."""
+    from mnistkit.cli.build import main
+
+    out = tmp_path / "out" / "src"
+    args = [str(trained_run.run_dir), "--source-only", str(out), "--work-dir", str(tmp_path / "work")]
+    monkeypatch.setenv("MNISTKIT_DATA_DIR", str(tmp_path / "no-data"))
+    result = CliRunner(mix_stderr=False).invoke(main, args)
+    lines = result.stderr.strip().splitlines()
+    assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), result.stderr
+    assert list((tmp_path / "out").iterdir()) == []
+    monkeypatch.delenv("MNISTKIT_DATA_DIR")
+    result = CliRunner(mix_stderr=False).invoke(main, args)
+    assert result.exit_code == 0, result.stderr
+    assert (out / "model" / ONNX_FILE).exists() and list((tmp_path / "out").iterdir()) == [out]

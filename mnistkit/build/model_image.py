@@ -131,8 +131,7 @@ def _build_model(
     work = Path(config.work_dir or tempfile.gettempdir())
     if config.source_only:
         runtime = builder_kind(config.server, config.runtime).rpartition("-")[2]
-        folder = _source_folder(config, source, Path(config.source_only), work)
-        _add_runtime(replace(config, runtime=runtime), folder)
+        folder = _complete_source_folder(replace(config, runtime=runtime), source, Path(config.source_only), work)
         log.info("wrote the s2i source folder %s", folder)
         return BuildSummary(image=image, source=str(folder), artifact_sha256=source.sha256)
     credentials: Credentials | None = None
@@ -234,6 +233,24 @@ def _builder_runtime(client: Any, config: BuildConfig) -> str:
             f"use --runtime {serves} or a {config.server}-{config.runtime} builder"
         )
     return config.runtime or serves or builder_kind(config.server, None).rpartition("-")[2]
+
+
+def _complete_source_folder(config: BuildConfig, source: ModelSource, dest: Path, work: Path) -> Path:
+    """The source folder with its runtime's files (the ONNX export), made beside ``dest`` and
+    renamed to it once complete: a failed export, or Ctrl-C, leaves no half-made ``dest``."""
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise PackagingError(f"{dest} already exists and is not empty; choose another folder")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=dest.parent, prefix=f".{dest.name}.staging-"))
+    try:
+        folder = _source_folder(config, source, staging / "src", work)
+        _add_runtime(config, folder)
+        if dest.exists():
+            dest.rmdir()
+        folder.replace(dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dest
 
 
 def _source_folder(config: BuildConfig, source: ModelSource, dest: Path, work: Path) -> Path:
