@@ -48,7 +48,12 @@ def run_on_loopback(
     except docker.errors.APIError as e:
         raise PackagingError(f"cannot run {image}: {e.explanation or e}") from None
     url = f"http://127.0.0.1:{http}"
-    if not wait_http(f"{url}{ready}", timeout):
+    try:
+        ready_in_time = wait_http(f"{url}{ready}", timeout)
+    except BaseException:  # Ctrl-C while it starts: no container left serving on the host network
+        container.remove(force=True)
+        raise
+    if not ready_in_time:
         container.reload()
         logs = container.logs(tail=5).decode(errors="replace").strip().replace("\n", " | ")
         status = container.status

@@ -47,3 +47,32 @@ def test_failing_assemble_fails_with_its_output_and_leaves_no_container(
     assert {c.id for c in docker_client.containers.list(all=True)} == before
     with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get("mnistkit/should-not-exist:1")
+
+
+def test_ctrl_c_while_an_image_starts_leaves_no_container(docker_engine, docker_client, builder_image):
+    """Ctrl-C while the smoke test waits for the image to answer: the container goes with it,
+    instead of staying on the host network. (The builder image stands for a model image that
+    never answers: its command prints its usage and exits, so the wait would last the timeout.)"""
+    import signal
+    import subprocess
+    import sys
+
+    from mnistkit.local._proc import wait_until
+
+    label = f"io.mnistkit.served={builder_image}"
+    code = (
+        "import docker, sys\n"
+        "from mnistkit.build.verify import run_on_loopback\n"
+        "client = docker.DockerClient(base_url=sys.argv[1])\n"
+        "run_on_loopback(client, sys.argv[2], {}, 9, '/health/ping', 120, 'did not serve')\n"
+    )
+    for stale in docker_client.containers.list(all=True, filters={"label": label}):  # from an aborted run
+        stale.remove(force=True)
+    proc = subprocess.Popen([sys.executable, "-c", code, docker_engine.host, builder_image], stderr=subprocess.PIPE)
+    try:
+        assert wait_until(lambda: docker_client.containers.list(all=True, filters={"label": label}), 60, proc=proc)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=60)
+    assert b"KeyboardInterrupt" in proc.stderr.read()
+    assert not docker_client.containers.list(all=True, filters={"label": label})
