@@ -113,6 +113,7 @@ class QueryConfig:
     timeout: float = 10.0
     retries: int = 3
     backoff: float = 0.5
+    max_batch: int = 256  # images per request at most: the servers' MNISTKIT_MAX_BATCH default
 
     @property
     def payload_kind(self) -> str:
@@ -126,6 +127,8 @@ class QueryConfig:
             )
         if self.timeout <= 0 or self.retries < 0:
             raise ConfigError("--timeout must be positive and --retries at least 0")
+        if self.max_batch < 1:
+            raise ConfigError(f"--max-batch must be at least 1 (got {self.max_batch})")
         self.endpoint.predictions_url()
         return self
 
@@ -331,7 +334,8 @@ def predict(inputs: Sequence[Input], config: QueryConfig | None = None) -> list[
     """Send ``inputs`` and decode each answer: digit, probability and runner-up."""
     config = (config or QueryConfig()).validate()
     url, kind, protocol = config.endpoint.predictions_url(), config.payload_kind, config.endpoint.protocol
-    groups = [list(inputs)] if config.batch and kind != "binData" else [[i] for i in inputs]
+    size = config.max_batch if config.batch and kind != "binData" else 1
+    groups = [list(inputs[i : i + size]) for i in range(0, len(inputs), size)]  # what one request may carry
     out: list[Prediction] = []
     for group in groups:
         body = _v2_request(group, kind) if protocol == "v2" else build_payload(group, kind)

@@ -216,3 +216,22 @@ def test_no_batch_reports_each_failure_and_goes_on(server, tmp_path):
     assert [line.split()[1] for line in r.stdout.splitlines()[1:]] == ["7", "2"]
     errors = r.stderr.strip().splitlines()
     assert len(errors) == 1 and errors[0].startswith(f"Error: {too_bright}: ") and "0..255" in errors[0]
+
+
+def test_more_images_than_one_request_may_carry_go_in_several(server, mnist, tmp_path):
+    """300 digits against a server that takes at most 256 per request (MNISTKIT_MAX_BATCH's
+    default): the CLI sends them in requests of at most --max-batch, and every digit comes back."""
+    np.save(tmp_path / "many.npy", mnist.test_images[:300].numpy())
+    endpoint = ["--route", "direct", "--endpoint", f"127.0.0.1:{server.http_port}", "--json"]
+    r = _run([*endpoint, str(tmp_path / "many.npy")])
+    assert r.exit_code == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["image"] for row in rows] == [f"{tmp_path / 'many.npy'}[{i}]" for i in range(300)]
+    right = sum(row["digit"] == int(mnist.test_labels[i]) for i, row in enumerate(rows))
+    assert right >= 270
+    answers = [json.dumps(row["response"], sort_keys=True) for row in rows]
+    assert len(set(answers[:256])) == 1 and len(set(answers[256:])) == 1 and answers[0] != answers[-1]  # 2 requests
+    r = _run([*endpoint, "--max-batch", "300", str(tmp_path / "many.npy")])  # past the server's limit: its refusal
+    assert r.exit_code == 1 and "256" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = _run([*endpoint, "--max-batch", "0", str(tmp_path / "many.npy")])
+    assert r.exit_code == 1 and r.stderr.strip() == "Error: --max-batch must be at least 1 (got 0)"

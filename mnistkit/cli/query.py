@@ -50,6 +50,13 @@ if TYPE_CHECKING:
     "v2 (default pixels): pixels (INT32), images (BYTES, base64 files).",
 )
 @click.option("--batch/--no-batch", default=True, show_default=True, help="Send several images as one request.")
+@click.option(
+    "--max-batch",
+    type=int,
+    default=256,
+    show_default=True,
+    help="With --batch: most images per request (the servers refuse more than their MNISTKIT_MAX_BATCH, 256).",
+)
 @click.option("--invert", is_flag=True, help="Invert black-on-white drawings to MNIST's white-on-black.")
 @click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds per request.")
 @click.option("--retries", type=int, default=3, show_default=True, help="Retries on connection errors and 503.")
@@ -68,6 +75,7 @@ def main(
     url: str | None,
     payload: str | None,
     batch: bool,
+    max_batch: int,
     invert: bool,
     timeout: float,
     retries: int,
@@ -90,7 +98,7 @@ def main(
     from ..errors import QueryError
 
     where = Endpoint(endpoint, deployment, namespace, route, url, protocol, model, host_header)
-    config = QueryConfig(where, payload, batch, timeout, retries).validate()
+    config = QueryConfig(where, payload, batch, timeout, retries, max_batch=max_batch).validate()
     if batch:
         predictions, failed = predict(load_inputs(inputs, invert=invert), config), 0
     else:
