@@ -179,6 +179,10 @@ def _build(config: BuildConfig, client: Any, source: ModelSource, image: str, wo
             s2i_binary_build(folder, image, builder)
             img = client.images.get(image)
             image_id, size, seconds = img.id, int(img.attrs.get("Size", 0)), time.monotonic() - started
+            # the s2i binary sets its own labels, not mnistkit's: report what the image has
+            # (without mnistkit's provenance labels, --reuse never matches such an image)
+            labels = dict(img.labels or {})
+            log.warning("built with the s2i binary: %s carries s2i's labels, not mnistkit's provenance labels", image)
         else:
             result = s2i_build(client, folder, image, builder=builder, labels=labels)
             image_id, size, seconds = result.image_id, result.size, result.seconds
