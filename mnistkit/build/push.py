@@ -63,18 +63,22 @@ def _from_docker_config(image: ImageRef) -> Credentials | None:
         auths = json.loads(path.read_text()).get("auths", {})
     except (ValueError, OSError, AttributeError):
         raise PushError(f"{path} is not valid JSON; fix or remove it") from None
+    if not isinstance(auths, dict):
+        raise PushError(f"{path}: auths must be a mapping of registry to credentials; fix or remove it")
     for key, entry in auths.items():
         if not image.serves(key) or not isinstance(entry, dict):
             continue
         if entry.get("auth"):
             try:
-                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
-            except (ValueError, UnicodeDecodeError):
+                user, colon, password = base64.b64decode(entry["auth"], validate=True).decode().partition(":")
+                if not user or not colon:
+                    raise ValueError("no user:password")
+            except (ValueError, TypeError, UnicodeDecodeError):
                 raise PushError(
                     f"the auth entry for {image.host} in {path} is not valid base64 user:password"
                 ) from None
             return Credentials(user, password, str(path))
-        if entry.get("username") and entry.get("password"):
+        if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
             return Credentials(entry["username"], entry["password"], str(path))
     return None
 

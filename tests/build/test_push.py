@@ -77,6 +77,22 @@ def test_credentials_go_only_to_their_own_registry(case, tmp_path, monkeypatch):
     assert (creds.username if creds else None) == chosen
 
 
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ("{not json", "is not valid JSON; fix or remove it"),
+        ('{"auths": ["127.0.0.1:5000"]}', "auths must be a mapping of registry to credentials"),
+        ('{"auths": {"127.0.0.1:5000": {"auth": 7}}}', "is not valid base64 user:password"),
+        ('{"auths": {"127.0.0.1:5000": {"auth": "%%%"}}}', "is not valid base64 user:password"),
+    ],
+)
+def test_a_broken_docker_config_is_one_clear_error(config, message, tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text(config)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    with pytest.raises(PushError, match=re.escape(message)):
+        find_credentials(ImageRef.parse(f"{A}/m"))
+
+
 # -- two real registries, pushes through the CLI ------------------------------------------
 
 
