@@ -203,7 +203,7 @@ def make_base_image(client: Any, name: str = BASE_IMAGE, *, workdir: Path | None
         tar_path = Path(tmp) / "rootfs.tar"
         _run(["tar", "-C", str(root), "--numeric-owner", "-cf", str(tar_path), "."], "packing the base image")
         repo, _, tag = name.partition(":")
-        client.api.import_image_from_file(
+        answer = client.api.import_image_from_file(
             str(tar_path),
             repository=repo,
             tag=tag or "latest",
@@ -212,6 +212,11 @@ def make_base_image(client: Any, name: str = BASE_IMAGE, *, workdir: Path | None
                 "ENV LANG=C.UTF-8",
                 'CMD ["/bin/sh"]',
             ],
+        )
+    if not _image_exists(client, name):  # an import the engine could not do is an answer, not an exception
+        said = next((line for line in str(answer).splitlines() if "error" in line.lower()), "")
+        raise PackagingError(
+            f"the docker engine did not import the base image {name}{': ' + said[:300] if said else ''}"
         )
     log.info("base image %s ready", name)
     return name
