@@ -34,6 +34,7 @@ __all__ = [
     "preprocess",
     "preprocess_numpy",
     "resolve_data_dir",
+    "check_mnist",
     "load_mnist",
     "read_idx",
 ]
@@ -207,6 +208,13 @@ def read_idx(path: Path) -> np.ndarray:
     ndim = data[3]
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def check_mnist(data_dir: str | os.PathLike[str] | None = None) -> Path:
+    """The folder holding the four verified MNIST files (decompressed if need be), without
+    loading them; ``DataError`` saying what to do when they are missing or corrupt. A search
+    calls it once before its first trial, instead of every trial failing on the same files."""
+    return _prepare_raw(resolve_data_dir(data_dir)) / "MNIST" / "raw"
 
 
 def load_mnist(data_dir: str | os.PathLike[str] | None = None, *, download: bool = False) -> MNISTData:

@@ -20,10 +20,13 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .errors import MnistkitError, PipelineError
+from .errors import ConfigError, MnistkitError, PipelineError
 from .files import os_reason
+
+if TYPE_CHECKING:
+    from .polyaxonfile import SearchSpec
 
 __all__ = ["PipelineConfig", "PipelineResult", "run", "summary_lines"]
 
@@ -44,6 +47,15 @@ class PipelineConfig:
     repository: str = "mnistkit/mnist"
     images: tuple[str, ...] = ()  # digits to query; default the example digits that ship with mnistkit
     docker_host: str | None = None
+
+    def validate(self) -> "PipelineConfig":
+        if not 0 <= self.registry_port <= 65535:
+            raise ConfigError(f"--registry-port must be 0..65535 (0: any free port), got {self.registry_port}")
+        for name in ("train_samples", "test_samples", "max_epochs", "concurrency"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {v})")
+        return self
 
 
 @dataclass
@@ -109,8 +121,13 @@ def _password(home: Path) -> str:
 def run(config: PipelineConfig | None = None, *, on_step: Callable[[str], None] | None = None) -> PipelineResult:
     """Run the whole pipeline; raises ``PipelineError`` naming the failed step."""
     from .local.dockerd import mnistkit_home
+    from .polyaxonfile import read_polyaxonfile
 
-    config = config or PipelineConfig()
+    config = (config or PipelineConfig()).validate()
+    try:  # the search's file is read before any service starts: a typo costs nothing
+        spec = read_polyaxonfile(config.polyaxonfile)
+    except MnistkitError as e:
+        raise PipelineError("search", str(e)) from None
     home = Path(config.home) if config.home else mnistkit_home()
     result = PipelineResult()
     step = _Steps(result, on_step)
@@ -118,7 +135,7 @@ def run(config: PipelineConfig | None = None, *, on_step: Callable[[str], None] 
         with step("services"):
             client, registry, password = _services(config, home, result, cleanup)
         with step("search"):
-            group_dir = _search(config, result)
+            group_dir = _search(config, spec, result)
         with step("build"):
             _build(config, client, registry.address, password, group_dir, home, result)
         with step("serve"):
@@ -143,7 +160,7 @@ def _services(config: PipelineConfig, home: Path, result: PipelineResult, cleanu
     else:
         result.engine = f"existing docker engine ({client.api.base_url})"
     log.info("docker: %s", result.engine)
-    port = config.registry_port if port_free(config.registry_port) else free_port()
+    port = config.registry_port if config.registry_port and port_free(config.registry_port) else free_port()
     password = _password(home)
     registry = LocalRegistry(home / "registry", port, config.username, password).start()
     cleanup.callback(registry.stop)
@@ -153,11 +170,9 @@ def _services(config: PipelineConfig, home: Path, result: PipelineResult, cleanu
     return client, registry, password
 
 
-def _search(config: PipelineConfig, result: PipelineResult) -> Path:
-    from .polyaxonfile import read_polyaxonfile
+def _search(config: PipelineConfig, spec: "SearchSpec", result: PipelineResult) -> Path:
     from .search import SearchConfig, read_best, run_group
 
-    spec = read_polyaxonfile(config.polyaxonfile)
     group = run_group(
         spec,
         SearchConfig(

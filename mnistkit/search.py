@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from .config import OPTIONS, PLACEMENT, TrainConfig
+from .data import check_mnist
 from .errors import ConfigError, SearchError
 from .files import os_reason, write_atomic
 from .polyaxonfile import (
@@ -474,6 +475,7 @@ def run_group(
     concurrency = config.concurrency or spec.concurrency
     threads = max(1, (os.cpu_count() or 1) // concurrency)
     planned = trial_configs(spec, config, threads)  # every trial's flags are valid before the first one runs
+    check_mnist(planned[0][1].data_dir)  # and the data they all read is there
     name = config.group_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     group_dir = _open_group(spec, config, name, len(planned), concurrency, threads)
     trials = [

@@ -77,6 +77,31 @@ def test_a_failing_step_is_named_and_cleaned_up(docker_engine, tmp_path):
         env={"MNISTKIT_HOME": str(HOME)},
     )
     assert r.exit_code == 1 and r.stderr.strip().splitlines()[-1].startswith("Error: step 'search' failed")
+    # a search that fails after the services started (no MNIST where it looks): they are stopped
+    r = CliRunner(mix_stderr=False).invoke(
+        pipeline_main,
+        ["--work-dir", str(tmp_path), "--registry-port", str(port)],
+        env={"MNISTKIT_HOME": str(HOME), "MNISTKIT_DATA_DIR": str(tmp_path / "no-data")},
+    )
+    assert r.exit_code == 1 and "Error: step 'search' failed: MNIST files not found" in r.stderr, r.stderr
+    assert not _answers(port)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--registry-port", "99999"], "--registry-port must be 0..65535 (0: any free port), got 99999"),
+        (["--max-epochs", "0"], "--max-epochs must be at least 1 (got 0)"),
+        (["-f", "nosuch.yml"], "step 'search' failed: cannot read nosuch.yml"),
+    ],
+)
+def test_bad_options_are_one_line_before_any_service_starts(flags, message, tmp_path):
+    r = CliRunner(mix_stderr=False).invoke(
+        pipeline_main, ["--work-dir", str(tmp_path / "w"), *flags], env={"MNISTKIT_HOME": str(tmp_path / "home")}
+    )
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith(f"Error: {message}"), r.stderr
+    assert not (tmp_path / "home").exists()  # no dockerd, no registry were started
 
 
 def test_ctrl_c_stops_what_it_started(docker_engine, tmp_path):

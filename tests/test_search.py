@@ -228,6 +228,19 @@ def test_search_options_are_checked_before_any_trial_runs(flags, message, tmp_pa
     assert not (tmp_path / "out").exists()
 
 
+def test_missing_data_fails_once_before_any_trial(tmp_path):
+    """Run where MNIST is not (the default data folder is relative to the working directory):
+    one line saying where to point, no trial started, no group folder."""
+    r = CliRunner(mix_stderr=False).invoke(
+        train_main,
+        ["-f", str(SEED_FILE), "--output-dir", str(tmp_path / "out")],
+        env={"MNISTKIT_DATA_DIR": str(tmp_path / "no-data")},
+    )
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: MNIST files not found in"), r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_training_flag_fails_before_anything_runs(tmp_path):
     doc = seed_doc()
     doc["run"]["cmd"] = "python run.py --lr={{ lr }} --momentum={{ momentum }} --warmup=3"
