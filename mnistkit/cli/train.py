@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from ..config import OPTIONS, RECIPES, TrainConfig
+from ..errors import ConfigError
 from ._common import errors_to_exit, given_on_command_line, setup_logging, table_options, verbosity
 
 #: Options that say how to run a search, not how a trial trains.
@@ -86,6 +87,10 @@ def main(
     setup_logging(verbose, quiet)
     explicit = {n: options[n] for n in given_on_command_line(OPTIONS)}
     base = {**RECIPES.get(recipe or "", {}), **explicit}
+    search_only = given_on_command_line(_SEARCH_ONLY)
+    if search_only and not polyaxonfile:  # else they would be ignored without a word
+        flags = ", ".join("--" + n.replace("_path", "").replace("_", "-") for n in search_only)
+        raise ConfigError(f"{flags} only apply to a search: add -f POLYAXONFILE")
     if polyaxonfile:
         _search(
             polyaxonfile,
@@ -115,6 +120,10 @@ def main(
             f"best accuracy {100 * result.best_accuracy:.2f}% (epoch {result.best_epoch}/{config.epochs}) "
             f"in {result.seconds:.1f}s\nmodel: {result.artifact} (sha256 {result.artifact_sha256[:12]})"
         )
+
+
+#: the options that only mean something with -f (a search)
+_SEARCH_ONLY = ("concurrency", "group_name", "metric", "minimize", "max_epochs", "export_path", "image")
 
 
 def _search(

@@ -66,6 +66,21 @@ def test_bad_flag_value_is_one_line_and_exit_1(tmp_path):
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--concurrency", "2"], "--concurrency"),
+        (["--max-epochs", "1", "--export", "e.yml"], "--max-epochs, --export"),
+        (["--group-name", "g", "--minimize"], "--group-name, --minimize"),
+    ],
+)
+def test_search_flags_without_a_file_are_refused_not_ignored(flags, named, tmp_path):
+    result = CliRunner(mix_stderr=False).invoke(train_main, [*flags, "--output-dir", str(tmp_path / "o")])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [f"Error: {named} only apply to a search: add -f POLYAXONFILE"]
+    assert not (tmp_path / "o").exists()
+
+
 def test_unwritable_output_dir(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
