@@ -22,6 +22,7 @@ import logging
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -91,8 +92,8 @@ class Endpoint:
         if route not in routes:
             raise ConfigError(f"route {route!r} is not a {self.protocol} route; use one of {', '.join(routes)}")
         if self.url:
-            return self.url
-        host = self.host if "://" in self.host else f"http://{self.host}"
+            return _http_url(self.url, "--url")
+        host = _http_url(self.host if "://" in self.host else f"http://{self.host}", "--endpoint")
         path = routes[route].format(namespace=self.namespace, deployment=self.deployment, model=self.model)
         return host.rstrip("/") + path
 
@@ -103,6 +104,20 @@ class Endpoint:
         if self.protocol == "v2" and self.route == "kserve":
             return {"Host": f"{self.deployment}.{self.namespace}.{KSERVE_DOMAIN}"}
         return {}
+
+
+def _http_url(url: str, flag: str) -> str:
+    """``url`` when it is an http(s) URL with a host; else a one-line error (before any request)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{flag} {url!r} is not an http(s) URL with a host; e.g. http://127.0.0.1:9000/api/v1.0/predictions"
+        )
+    try:
+        parts.port  # noqa: B018  (a port that is not a number raises here)
+    except ValueError:
+        raise ConfigError(f"{flag} {url!r} has a port that is not a number") from None
+    return url
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,8 @@ def test_a_host_kserve_does_not_know_gets_the_ingress_404(gateway):
 @pytest.mark.server
 def test_a_server_400_is_one_line_with_the_v2_error(v2, tmp_path):
     np.save(tmp_path / "many.npy", np.zeros((300, 28, 28), dtype=np.uint8))
-    r = _query(["--endpoint", f"127.0.0.1:{v2.http_port}", "--route", "direct", str(tmp_path / "many.npy")])
+    args = ["--endpoint", f"127.0.0.1:{v2.http_port}", "--route", "direct", "--max-batch", "300"]  # over the limit
+    r = _query([*args, str(tmp_path / "many.npy")])
     assert r.exit_code == 1
     assert r.stderr.strip() == (
         f"Error: http://127.0.0.1:{v2.http_port}/v2/models/mnist/infer answered 400: "
