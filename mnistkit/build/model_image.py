@@ -21,7 +21,7 @@ from ..errors import ConfigError, PackagingError
 from ..files import disk_errors
 from ..imageref import ImageRef
 from ..local.dockerd import engine_errors
-from .push import Credentials, find_credentials, pull, push
+from .push import Credentials, check_registry, find_credentials, pull, push
 from .s2i import image_labels, make_source_folder, s2i_binary_build, s2i_build
 from .source import ModelSource, resolve_source
 from .verify import smoke_test
@@ -85,6 +85,10 @@ class BuildConfig:
         builder_kind(self.server, self.runtime)  # a runtime the server has no builder for
         if self.password is not None and not self.username:
             raise ConfigError("a password was given without --username")
+        if self.push and self.image is None:
+            raise ConfigError(
+                "--push needs --image REGISTRY/NAME:TAG, where to push it (the default name, mnistkit/mnist:SHA, is a Docker Hub name)"
+            )
         return self
 
 
@@ -139,6 +143,8 @@ def _build_model(
         credentials = find_credentials(ImageRef.parse(image), config.username, config.password)
     if client is None:
         raise ConfigError("building an image needs a docker engine")
+    if config.push:  # a registry that is down or refuses the credentials: before the build
+        check_registry(client, ImageRef.parse(image), credentials)
     if config.builder is None:
         from ..local.dockerd import mnistkit_home
         from .builder_image import ensure_image

@@ -149,6 +149,25 @@ def push(client: Any, image: ImageRef, credentials: Credentials | None) -> PushR
     return PushResult(image, digest, size)
 
 
+def check_registry(client: Any, image: ImageRef, credentials: Credentials | None) -> None:
+    """Before a build that ends in a push: the engine logs in to ``image``'s registry with
+    ``credentials``, so a registry that is down or refuses them fails now, not after the build
+    and smoke test. (Without credentials there is nothing to check before the push.)"""
+    import docker
+
+    if credentials is None:
+        return
+    try:
+        client.api.login(credentials.username, credentials.password, registry=image.host, reauth=True)
+    except docker.errors.APIError as e:
+        raise PushError(_explain(str(e.explanation or e), image.host)) from None
+    except Exception as e:
+        reason = engine_failure(e)
+        if reason is None:
+            raise
+        raise PushError(f"cannot check the credentials for {image.host}: {reason}") from None
+
+
 class _Progress:
     """Logs each layer once when it is pushed (with its size) or found already there."""
 

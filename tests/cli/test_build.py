@@ -35,6 +35,7 @@ ERRORS = {  # case -> (extra arguments, stdin, what the one line says)
         "builder image mnistkit/no-such-builder:1 not found",
     ),
     "bad image name": (lambda reg: ["--image", "Bad Name"], None, "is not an image reference"),
+    "push without an image name": (lambda reg: ["--push"], None, "--push needs --image REGISTRY/NAME:TAG"),
 }
 
 
@@ -53,6 +54,9 @@ def test_cli_errors_are_one_line(case, trained_run, docker_engine, builder_image
     lines = r.stderr.strip().splitlines()
     assert r.exit_code == 1 and lines and lines[-1].startswith("Error: ") and message in lines[-1], r.stderr
     assert sum(line.startswith("Error") for line in lines) == 1 and "Traceback" not in r.stderr
+    if "--image" in args and "--push" in args:  # the registry is checked before the build: nothing was built
+        image = args[args.index("--image") + 1]
+        assert not docker_engine.client().images.list(name=image), f"{image} was built before the push failed"
 
 
 def test_not_a_model_is_one_line(tmp_path):
