@@ -27,6 +27,7 @@ import math
 import os
 import platform
 import secrets
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -278,6 +279,14 @@ def _shifted(padded: torch.Tensor, k: int, start: int = 0) -> torch.Tensor:
 def _open_run(config: TrainConfig, data: MNISTData) -> _Run:
     """Create the run folder, write its config, move the data to the device."""
     run_dir = _new_run_dir(config)
+    try:
+        return _prepare_run(config, data, run_dir)
+    except BaseException:  # a full disk, Ctrl-C: no run folder with only part of its files
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
+def _prepare_run(config: TrainConfig, data: MNISTData, run_dir: Path) -> _Run:
     device = _device(config)
     bf16 = _use_bf16(config, device)
     meta = {
@@ -355,9 +364,13 @@ def fit(
             m = run.finish_epoch(epoch, run.train_epoch(epoch), t0)
             if on_epoch:
                 on_epoch(m)
-    finally:
+    except BaseException:
         torch.backends.mkldnn.deterministic = mkldnn_deterministic  # type: ignore[assignment]
-        run.tracker.close()
+        run.tracker.close()  # before the folder may go
+        _stopped(run)
+        raise
+    torch.backends.mkldnn.deterministic = mkldnn_deterministic  # type: ignore[assignment]
+    run.tracker.close()
     # the last epoch is always evaluated
     assert run.best is not None and run.best.test_accuracy is not None and run.best.test_loss is not None
     result = RunResult(
@@ -376,6 +389,23 @@ def fit(
         run.run_dir / "result.json", json.dumps(result.to_json(), indent=2, sort_keys=True) + "\n", error=TrainingError
     )
     return result
+
+
+def _stopped(run: _Run) -> None:
+    """A run that stopped early (Ctrl-C, a diverged loss, a full disk): a run folder without a
+    saved model is removed, so nothing half-made is left; one whose best epoch so far was saved
+    (atomically, a complete model) is kept, without result.json (it did not finish), and said so."""
+    best = run.best
+    if best is None or best.test_accuracy is None or not run.sha256:
+        shutil.rmtree(run.run_dir, ignore_errors=True)
+        return
+    log.warning(
+        "stopped during epoch %d: the best epoch so far (%d, accuracy %.2f%%) is kept in %s",
+        len(run.history) + 1,
+        best.epoch,
+        100 * best.test_accuracy,
+        run.run_dir / "model",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -64,6 +65,40 @@ def test_divergence_is_a_training_error(mnist, tmp_path):
     config = TrainConfig(epochs=1, lr=1e6, momentum=0.9, train_samples=512, output_dir=str(tmp_path), run_name="x")
     with pytest.raises(TrainingError, match="diverged"):
         fit(config, mnist)
+    assert not (tmp_path / "x").exists()  # nothing was saved: no half-made run folder
+
+
+def test_ctrl_c_keeps_the_best_epoch_so_far_or_nothing(tmp_path):
+    """SIGINT to the CLI: before any epoch finished, the run folder goes; after one, its saved
+    model stays (complete, loadable), no result.json (the run did not finish), and it is said."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from mnistkit.local._proc import wait_until
+
+    def train(name: str, samples: int) -> subprocess.Popen[str]:  # an epoch of 60,000 takes seconds here
+        cmd = [sys.executable, "-m", "mnistkit.cli.train", "--epochs", "50", "--train-samples", str(samples)]
+        return subprocess.Popen(
+            [*cmd, "--output-dir", str(tmp_path), "--run-name", name], stderr=subprocess.PIPE, text=True
+        )
+
+    early = train("early", 60000)
+    assert wait_until(lambda: (tmp_path / "early" / "config.json").exists(), 60, proc=early)
+    early.send_signal(signal.SIGINT)
+    assert early.wait(timeout=60) == 130
+    assert not (tmp_path / "early").exists()
+
+    late = train("late", 6000)
+    assert wait_until(lambda: (tmp_path / "late" / "model" / "manifest.json").exists(), 120, proc=late)
+    time.sleep(0.2)
+    late.send_signal(signal.SIGINT)
+    assert late.wait(timeout=60) == 130
+    err = late.stderr.read()
+    assert re.search(r"the best epoch so far \(\d+, accuracy", err) and "Traceback" not in err, err
+    assert load_model(tmp_path / "late").manifest["metrics"]["epoch"] >= 1
+    assert not (tmp_path / "late" / "result.json").exists()
 
 
 @pytest.mark.parametrize(
