@@ -199,6 +199,8 @@ def load_inputs(paths: Sequence[str | Path], *, invert: bool = False) -> list[In
     """
     inputs: list[Input] = []
     for p in map(Path, paths):
+        if p.is_dir():
+            raise QueryError(f"{p} is a folder; give the image files in it (e.g. {p / '*.png'})")
         if not p.is_file():
             raise QueryError(f"no such file: {p}")
         if p.suffix.lower() == ".npy":
@@ -312,7 +314,11 @@ def post_json(
             if e.code == 503 and attempt < retries:
                 reason = f"503 ({text})"
             else:
-                hint = "; is it a Seldon endpoint, and is --route right?" if e.code in (404, 405, 501) else ""
+                hint = ""
+                if e.code in (404, 405, 501):
+                    v2 = "/v2/models/" in url
+                    hint = "; is --model the served model's name, and --route right?" if v2 else ""
+                    hint = hint or "; is it a Seldon endpoint, and is --route right?"
                 raise QueryError(f"{url} answered {e.code}: {text}{hint}") from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException) as e:
             reason = str(getattr(e, "reason", e))

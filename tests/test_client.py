@@ -144,6 +144,7 @@ def _run(args):
 BAD_INPUTS = {  # case -> (arguments after the endpoint, given a tmp folder; what the one line says)
     "missing file": (lambda tmp: [str(tmp / "nope.png")], "no such file"),
     "not an image": (lambda tmp: [str(tmp / "notes.txt")], "not an image Pillow can read"),
+    "a folder": (lambda tmp: [str(tmp)], "is a folder; give the image files in it (e.g. "),
 }
 
 

@@ -175,6 +175,16 @@ def test_a_host_kserve_does_not_know_gets_the_ingress_404(gateway):
 
 
 @pytest.mark.server
+def test_a_model_name_the_server_does_not_have_points_at_model(v2):
+    r = _query(
+        ["--endpoint", f"127.0.0.1:{v2.http_port}", "--route", "direct", "--model", "nope", str(IMAGES / "87.png")]
+    )
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1 and "answered 404" in lines[0], r.stderr
+    assert lines[0].endswith("; is --model the served model's name, and --route right?")
+
+
+@pytest.mark.server
 def test_a_server_400_is_one_line_with_the_v2_error(v2, tmp_path):
     np.save(tmp_path / "many.npy", np.zeros((300, 28, 28), dtype=np.uint8))
     args = ["--endpoint", f"127.0.0.1:{v2.http_port}", "--route", "direct", "--max-batch", "300"]  # over the limit

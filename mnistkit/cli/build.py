@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ._common import errors_to_exit, setup_logging, verbosity
+from ._common import errors_to_exit, given_on_command_line, setup_logging, verbosity
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -117,7 +117,7 @@ def image_cmd(
     from ..build.model_image import BuildConfig, build_model
     from ..local.dockerd import mnistkit_home
 
-    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
+    password = _read_password() if password_stdin else None
     home = mnistkit_home()
     config = BuildConfig(
         source=source, password=password, work_dir=work_dir or str(home / "work"), **options
@@ -303,12 +303,23 @@ def builder_cmd(
         from ..imageref import parse_registry
 
         parse_registry(registry)  # before the build: a Hub account where a registry was meant
+    chosen = [
+        f
+        for f, on in (("--kind", bool(given_on_command_line(["kind_name"]))), ("--tool", tool), ("--train", train))
+        if on
+    ]
+    if len(chosen) + bool(server) > 1:
+        raise ConfigError(
+            f"{' and '.join([*chosen, *(['--server'] if server else [])])} each choose the image; give one"
+        )
+    if runtime and not server:
+        raise ConfigError("--runtime goes with --server (or name the builder with --kind, e.g. seldon-torch)")
     if server:
         from ..build.model_image import builder_kind
 
         kind_name = builder_kind(server, runtime)
     kind = "tool" if tool else "train" if train else kind_name
-    password = sys.stdin.readline().rstrip("\r\n") if password_stdin else None
+    password = _read_password() if password_stdin else None
     home = mnistkit_home()
     client, embedded = _engine(docker_host)
     try:
@@ -318,6 +329,18 @@ def builder_cmd(
         if embedded:
             embedded.stop()
     click.echo(f"{built} ({size / 1e6:.0f} MB){where}")
+
+
+def _read_password() -> str:
+    """The first line of standard input (--password-stdin), which must not be empty."""
+    from ..errors import ConfigError
+
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise ConfigError(
+            '--password-stdin read an empty password; pipe it in, e.g. echo "$PASSWORD" | mnistkit-build ...'
+        )
+    return password
 
 
 def _to_registry(client: Any, built: str, registry: str, push: bool, username: str | None, password: str | None) -> str:

@@ -120,3 +120,27 @@ def test_a_registry_docker_would_read_as_docker_hub_is_refused_before_anything_r
         "Error: registry 'registry' has no dot and no port, so docker would push to Docker Hub instead; "
         "give host:port (e.g. registry:5000) or a domain name"
     ], r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, stdin, message",
+    [
+        (
+            ["builder", "--server", "mlserver", "--kind", "tool"],
+            None,
+            "--kind and --server each choose the image; give one",
+        ),
+        (["builder", "--tool", "--train"], None, "--tool and --train each choose the image; give one"),
+        (["builder", "--runtime", "torch"], None, "--runtime goes with --server"),
+        (
+            ["builder", "--registry", "127.0.0.1:5000", "--password-stdin"],
+            "\n",
+            "--password-stdin read an empty password",
+        ),
+    ],
+)
+def test_builder_flags_that_contradict_or_are_empty_are_one_line(args, stdin, message):
+    """Refused before any engine starts, instead of one flag quietly winning."""
+    r = _cli(args, stdin)
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith(f"Error: {message}"), r.stderr
