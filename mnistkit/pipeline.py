@@ -185,7 +185,7 @@ def _search(config: PipelineConfig, spec: "SearchSpec", result: PipelineResult) 
         ),
     )
     best = read_best(group.group_dir)
-    result.best = {k: best[k] for k in ("trial", "params", "metrics", "artifact_sha256")}
+    result.best = {k: best.get(k) for k in ("trial", "params", "caps", "metrics", "artifact_sha256")}
     result.files["group"] = str(group.group_dir)
     return group.group_dir
 
@@ -245,6 +245,8 @@ def summary_lines(r: PipelineResult) -> Iterator[str]:
     """The human summary printed at the end of the demo."""
     m = r.best.get("metrics", {})
     params = ", ".join(f"{k}={v}" for k, v in r.best.get("params", {}).items())
+    if r.best.get("caps"):  # a quick run: the file's values, capped by the command line
+        params += "; capped: " + ", ".join(f"{k}={v}" for k, v in r.best["caps"].items())
     yield f"best trial   {r.best.get('trial')}: accuracy {100 * m.get('test_accuracy', 0):.2f}% ({params})"
     yield f"image        {r.reference}  ({r.size / 1e6:.0f} MB)"
     yield f"engine       {r.engine}"

@@ -537,7 +537,8 @@ def _record_best(group_dir: Path, trials: list[Trial], config: SearchConfig) -> 
             "metric": config.metric,
             "optimization": "maximize" if config.maximize else "minimize",
             "value": best.metrics[config.metric],
-            "params": best.params,
+            "params": best.params,  # as the file gives them; "caps" says what this group capped
+            "caps": {k: v for k in ("max_epochs", "train_samples", "test_samples") if (v := getattr(config, k))},
             "metrics": best.metrics,
             "run_dir": best.run_dir,
             "artifact": str(Path(best.run_dir or "") / "model"),

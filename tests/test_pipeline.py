@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from mnistkit.cli.pipeline import main as pipeline_main
 from mnistkit.errors import PipelineError
-from mnistkit.pipeline import PipelineConfig, run
+from mnistkit.pipeline import PipelineConfig, run, summary_lines
 from support import HOME, free_port
 
 pytestmark = pytest.mark.docker
@@ -37,6 +37,8 @@ def test_pipeline_end_to_end_and_again(docker_engine, builder_image, tmp_path):
     assert first.reference.startswith(f"127.0.0.1:{port}/mnistkit/mnist@sha256:")
     right = sum(p["digit"] == p["label"] for p in first.predictions)
     assert len(first.predictions) == 11 and right >= 8
+    summary = next(summary_lines(first))  # the file's values, and what this quick run capped
+    assert summary.endswith("; capped: max_epochs=2, train_samples=10000)"), summary
     sd = yaml.safe_load((tmp_path / "demo" / "cluster" / "seldondeployment.yaml").read_text())
     assert sd["spec"]["predictors"][0]["componentSpecs"][0]["spec"]["containers"][0]["image"] == first.reference
     assert not _answers(port)  # the registry it started is stopped again

@@ -72,6 +72,7 @@ def test_best_is_the_argmax_and_recorded(seed_group):
     from mnistkit.artifact import load_model
 
     assert load_model(best["artifact"]).sha256 == best["artifact_sha256"]
+    assert best["caps"] == CAPS  # params are the file's; these say what the command line capped
     rows = json.loads((seed_group.group_dir / "trials.json").read_text())
     assert [r["trial"] for r in rows] == [f"trial-{i:03d}" for i in range(10)]
     csv_lines = (seed_group.group_dir / "trials.csv").read_text().splitlines()
