@@ -57,7 +57,7 @@ MAX_DEPTH = 32
 #: the answer instead of a connection reset (unread data makes close() send RST).
 DISCARD_LIMIT = 64 * 1024 * 1024
 DISCARD_SECONDS = 5.0
-#: Seconds a client may take to send a body (a slow client holds a sync worker).
+#: Seconds a client may take to send a whole body (a slow client holds a sync worker).
 BODY_SECONDS = 30.0
 #: Seldon's routes a MODEL component serves; the rest (transform, route, aggregate, static
 #: files) answer 404.
@@ -68,7 +68,9 @@ BODY_TYPES = ("application/json", "multipart/form-data", "application/x-www-form
 #: terminationGracePeriodSeconds (30) less the operator's 10 s preStop sleep, less a margin.
 GRACEFUL_TIMEOUT = 15
 
-_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+#: a JSON string, or an unterminated one running to the end (else the search restarts at every
+#: quote of it, and a body of escaped quotes takes time quadratic in its size)
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*(?:"|\Z)', re.S)
 _OPEN, _CLOSE = frozenset(b"[{"), frozenset(b"]}")
 
 
@@ -139,6 +141,25 @@ def _discard(environ: dict[str, Any], limit: int) -> None:
             return
 
 
+def _read_body(environ: dict[str, Any], stream: Any, size: int) -> bytes:
+    """Up to ``size`` bytes of the body, all within ``BODY_SECONDS`` (not per read: a client
+    sending a byte now and then would otherwise hold the worker); ``TimeoutError`` past it."""
+    deadline = time.monotonic() + BODY_SECONDS
+    chunks, left = [], size
+    with _socket_timeout(environ, BODY_SECONDS) as set_timeout:
+        while left > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            set_timeout(remaining)
+            chunk = stream.read(min(left, 1 << 16))  # socket.timeout is TimeoutError (3.10+)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    return b"".join(chunks)
+
+
 class Guard:
     """WSGI middleware in front of Seldon's Flask app (see the module docstring)."""
 
@@ -154,7 +175,8 @@ class Guard:
         refused = self._route(environ, start_response)
         if refused is not None:
             return refused
-        if environ.get("REQUEST_METHOD") in ("POST", "PUT", "PATCH"):
+        has_body = environ.get("CONTENT_LENGTH") not in (None, "", "0") or "HTTP_TRANSFER_ENCODING" in environ
+        if has_body or environ.get("REQUEST_METHOD") in ("POST", "PUT", "PATCH"):  # Seldon reads GET bodies too
             refused = self._body(environ, start_response)
             if refused is not None:
                 return refused
@@ -200,8 +222,15 @@ class Guard:
             _discard(environ, min(length, DISCARD_LIMIT))
             return self._too_large(start_response, f"{length} bytes")
         try:
-            with _socket_timeout(environ, BODY_SECONDS):
-                body = stream.read(length) if length >= 0 else stream.read(limit + 1)  # chunked: at most limit + 1
+            body = _read_body(environ, stream, length if length >= 0 else limit + 1)  # chunked: at most limit + 1
+        except TimeoutError:
+            return _error(
+                start_response,
+                "408 Request Timeout",
+                f"the body did not arrive within {BODY_SECONDS:.0f} s",
+                "MNISTKIT_BAD_INPUT",
+                [("Connection", "close")],
+            )
         except Exception as e:  # gunicorn's errors for a broken chunked body or a client gone mid-body
             return _error(
                 start_response,
@@ -246,23 +275,37 @@ class Guard:
         )
 
 
-def _too_deep(error: RecursionError) -> Any:
-    """JSON Seldon parses itself (multipart form fields, ``?json=``) nested too deeply."""
+def _bad_input(info: str) -> Any:
     from flask import jsonify
 
-    info = "the JSON nests too deeply to be read; a prediction request needs a few levels"
     response = jsonify({"status": {"status": 1, "info": info, "code": -1, "reason": "MNISTKIT_BAD_INPUT"}})
     response.status_code = 400
     return response
 
 
+def _too_deep(error: RecursionError) -> Any:
+    """JSON Seldon parses itself (multipart form fields, ``?json=``) nested too deeply."""
+    return _bad_input("the JSON nests too deeply to be read; a prediction request needs a few levels")
+
+
+def _unreadable(error: ValueError) -> Any:
+    """JSON Seldon parses itself (``?json=``, form fields) that is not JSON, or a multipart
+    text field that is not UTF-8: a 400 saying so (Seldon's catch-all made them 500s)."""
+    if isinstance(error, json.JSONDecodeError):
+        return _bad_input(f"the request's JSON could not be read ({error.msg} at character {error.pos})")
+    return _bad_input("a text field of the request is not UTF-8")
+
+
 def guard_app(app: Any, limits: GuardLimits | None = None) -> Any:
     """Put ``Guard`` in front of Seldon's Flask ``app`` (in place) and return the app.
 
-    Also answers a ``RecursionError`` (json.loads of deeply nested JSON, which Seldon's
-    catch-all turns into a 500) with a 400."""
+    Also answers a ``RecursionError`` (json.loads of deeply nested JSON), JSON that is not
+    JSON and text that is not UTF-8 in the parts Seldon parses itself (which its catch-all
+    turns into 500s) with a 400."""
     app.wsgi_app = Guard(app, limits or GuardLimits.from_settings())
     app.register_error_handler(RecursionError, _too_deep)
+    app.register_error_handler(json.JSONDecodeError, _unreadable)
+    app.register_error_handler(UnicodeDecodeError, _unreadable)
     return app
 
 

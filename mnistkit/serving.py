@@ -213,8 +213,22 @@ class MnistModel:
         except (binascii.Error, ValueError):
             self._refuse("binData is not valid base64; send the image file's bytes base64-encoded")
 
+    def _check_meta(self, meta: Any) -> None:
+        """Seldon reads these fields of ``meta`` without checking their types (a 500 if wrong)."""
+        if not isinstance(meta, dict):
+            self._refuse("meta must be an object")
+        for key, kind in (("tags", dict), ("routing", dict), ("requestPath", dict), ("metrics", list), ("puid", str)):
+            if key in meta and not isinstance(meta[key], kind):
+                self._refuse(
+                    f"meta.{key} must be {'an object' if kind is dict else 'a list' if kind is list else 'a string'}"
+                )
+
     def _check_message(self, request: dict[str, Any]) -> None:
+        if "meta" in request:
+            self._check_meta(request["meta"])
         data = request.get("data")
+        if data is not None and "binData" in request:
+            self._refuse("request has both data and binData; send one")
         if data is None:
             if "binData" in request:
                 self._check_bindata(request["binData"])
@@ -239,6 +253,12 @@ class MnistModel:
             shape = tensor["shape"]
             if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
                 self._refuse(f"data.tensor.shape must be a list of whole numbers >= 0, got {str(shape)[:100]}")
+            if len(shape) > 4:
+                self._refuse(f"data.tensor.shape has {len(shape)} dimensions; pixels need at most 4 ({SHAPES})")
             want = int(np.prod(shape, dtype=object)) if shape else 1
             if want != len(tensor["values"]):
-                self._refuse(f"data.tensor.shape {tensor['shape']} needs {want} values, got {len(tensor['values'])}")
+                needs = want if want < 10**12 else "far more"
+                self._refuse(f"data.tensor.shape {str(shape)[:100]} needs {needs} values, got {len(tensor['values'])}")
+            values = np.asarray(tensor["values"]) if tensor["values"] else np.zeros(0)
+            if values.ndim != 1 or values.dtype.kind not in "iuf":  # nested lists, strings, booleans, nulls
+                self._refuse("data.tensor.values must be a flat list of numbers (the pixels, 0..255)")

@@ -130,6 +130,12 @@ def png(width: int, height: int, rows: bytes | None = None, *, truncate: int | N
     return data[:truncate] if truncate else data
 
 
+def dds() -> bytes:
+    """A DDS header with pixel-format flags 0: Pillow's DDS decoder raises NotImplementedError."""
+    header = struct.pack("<7I", 124, 0x1007, 28, 28, 0, 0, 0) + b"\0" * 44 + struct.pack("<2I", 32, 0) + b"\0" * 44
+    return b"DDS " + header + b"\0" * 800
+
+
 def _real_png() -> bytes:
     from mnistkit.serving import golden_image
 
@@ -222,6 +228,21 @@ def _cases() -> dict[str, Request]:
         "a route of another service type": Request(404, _j({"data": {"ndarray": _image()}}), path="/transform-input"),
         "GET on the predictions route": Request(405, method="GET", path=PREDICT),
         "DELETE": Request(405, method="DELETE", path="/predict"),
+        # found by review: each was a 500 (or hours of CPU, or no limit at all) before
+        "an unterminated string of escaped quotes": Request(400, b"[" * 33 + b'"' + b'\\"' * 200_000),
+        "GET with a body over the limit": Request(413, big, method="GET", path="/predict"),
+        "nested tensor values": Request(400, _j({"data": {"tensor": {"shape": [1], "values": [[0] * 784]}}})),
+        "booleans as tensor values": Request(400, _j({"data": {"tensor": {"shape": [784], "values": [True] * 784}}})),
+        "a shape of 41 dimensions": Request(
+            400, _j({"data": {"tensor": {"shape": [1] * 40 + [784], "values": [0] * 784}}})
+        ),
+        "meta not an object": Request(400, _j({"meta": 5, "data": {"ndarray": _image()}})),
+        "meta.tags not an object": Request(400, _j({"meta": {"tags": 5}, "data": {"ndarray": _image()}})),
+        "data and binData": Request(
+            400, _j({"data": {"ndarray": _image()}, "binData": base64.b64encode(_real_png()).decode()})
+        ),
+        "?json= that is not JSON": Request(400, method="GET", path="/predict?json=notjson", content_type=None),
+        "a DDS file as binData": Request(400, _b64(dds())),
     }
 
 
