@@ -192,7 +192,7 @@ def _npy_inputs(path: Path) -> list[Input]:
 
 
 def load_inputs(paths: Sequence[str | Path], *, invert: bool = False) -> list[Input]:
-    """Read image files (anything Pillow reads) and ``.npy`` arrays as 28x28 pixels.
+    """Read image files (PNG, JPEG, GIF, BMP, WebP, TIFF, PNM) and ``.npy`` arrays as 28x28 pixels.
 
     Images of another size are resized, with a warning; ``invert`` turns black-on-white
     drawings into MNIST's white-on-black.

@@ -87,31 +87,43 @@ def as_batch(values: Any, *, max_batch: int | None = None, what: str = "the requ
     return pixels
 
 
+#: the image formats a digit comes in; Pillow's other decoders (DDS, SPIDER, ...) are not offered
+#: to input from the network
+IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF", "PPM")
+
+
 def decode_image(
-    data: bytes, *, invert: bool = False, name: str = "image", max_pixels: int | None = None
+    data: bytes,
+    *,
+    invert: bool = False,
+    name: str = "image",
+    max_pixels: int | None = None,
+    limit_says: str = "",
 ) -> DecodedImage:
-    """Decode any image Pillow reads, convert it to grey and, if needed, resize it to 28x28.
+    """Decode an image (``IMAGE_FORMATS``), convert it to grey and, if needed, resize it to 28x28.
 
     ``invert`` turns a black-on-white drawing into MNIST's white-on-black. Images over
     ``max_pixels`` (width x height) are refused before they are decoded (a small file can
-    claim a huge canvas), as are images under 8x8. Raises ``BadInput``.
+    claim a huge canvas; ``limit_says`` names the limit in the message), as are images under
+    8x8. Raises ``BadInput``.
     """
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as img:
             width, height = img.size
             if max_pixels is not None and width * height > max_pixels:
-                raise BadInput(
-                    f"{name} is {width}x{height} pixels, over the limit of {max_pixels}; send a smaller image"
-                )
+                limit = limit_says or f"the limit of {max_pixels}"
+                raise BadInput(f"{name} is {width}x{height} pixels, over {limit}; send a smaller image")
             if min(width, height) < MIN_SIDE:
                 raise BadInput(f"{name} is {width}x{height} pixels; a digit needs at least {MIN_SIDE}x{MIN_SIDE}")
             img.load()
             grey = img.convert("L")
+    except BadInput:
+        raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        if isinstance(e, BadInput):
-            raise
+        raise BadInput(f"{name} is not an image Pillow can read ({type(e).__name__})") from None
+    except Exception as e:  # a decoder's own error on a hostile file (fuzzed: NotImplementedError, AttributeError)
         raise BadInput(f"{name} is not an image Pillow can read ({type(e).__name__})") from None
     resized = None
     if grey.size != (SIDE, SIDE):

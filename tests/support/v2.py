@@ -16,6 +16,7 @@ from PIL import Image
 
 from mnistkit.pixels import encode_png
 from support import REPO
+from support.hostile import dds
 
 #: the venv `make` creates for MLServer (protobuf>=5 cannot live beside seldon-core 1.17.1)
 MLS_PYTHON = REPO / ".venv-mlserver" / "bin" / "python"
@@ -55,6 +56,13 @@ def pixels_input(data, shape, datatype="INT32", name="pixels"):
 def images_input(blobs, shape=None):
     data = [base64.b64encode(b).decode() for b in blobs]
     return {"inputs": [{"name": "images", "shape": shape or [len(data)], "datatype": "BYTES", "data": data}]}
+
+
+def blank_png(side: int) -> bytes:
+    """A side x side black PNG: a few kB on the wire, side^2 pixels to decode and resize."""
+    buf = io.BytesIO()
+    Image.new("L", (side, side)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def png_bomb() -> bytes:
@@ -104,4 +112,9 @@ HOSTILE = {
     "decompression bomb": (images_input([png_bomb()]), 400, "over the limit"),
     "unknown output": ({**pixels_input(ONE, [1, 784]), "outputs": [{"name": "logits"}]}, 400, "unknown output"),
     "body over the limit": (b"x" * (5 * 1024 * 1024), 413, "over the limit"),
+    # found by review: a 500, a misleading message, and ~15 s of CPU per request before
+    "a shape of 41 dimensions": (pixels_input(ONE, [1] * 40 + [784]), 400, "dimensions"),
+    "booleans declared INT32": (pixels_input([True] * 784, [1, 784]), 400, "booleans"),
+    "large blank images, over the limit together": (images_input([blank_png(2048)] * 5), 400, "all the images"),
+    "a DDS file": (images_input([dds()]), 400, "not an image"),
 }
