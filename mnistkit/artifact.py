@@ -9,7 +9,8 @@ Layout of an artifact folder::
 
 The weights file is content-addressed and the manifest is replaced atomically, so a
 crash mid-save leaves the previous model loadable (the dot-files an interrupted write
-leaves are ignored). The artifact's identity (``sha256``) is the sha256 of
+leaves are ignored, and so is a weights file named by its own content's sha256 that the
+manifest does not list yet: the new weights of a save killed before its manifest). The artifact's identity (``sha256``) is the sha256 of
 ``manifest.json``, which pins every file's sha256, and the manifest carries the sha256 of
 its own content (``checksum``), so a flipped byte anywhere is caught.
 
@@ -168,9 +169,11 @@ def _commit(out: Path, weights: str, blob: bytes, manifest: bytes) -> None:
         if created:
             (out / weights).unlink(missing_ok=True)
         raise
-    for stale in out.iterdir():  # earlier weights, and dot-files of interrupted writes; nothing else
+    # earlier weights, an ONNX export of earlier weights, and dot-files of interrupted writes
+    for stale in out.iterdir():
         old_weights = stale.name.startswith("weights-") and stale.name.endswith(".safetensors")
-        if stale.name != weights and (old_weights or stale.name.startswith((f".{MANIFEST}.", ".weights-"))):
+        old = old_weights or stale.name == ONNX_FILE or stale.name.startswith((f".{MANIFEST}.", ".weights-"))
+        if stale.name != weights and old:
             if stale.is_file() and not stale.is_symlink():
                 stale.unlink(missing_ok=True)
 
@@ -242,7 +245,10 @@ class _Folder:
         with os.fdopen(fd, "rb") as f:
             if os.fstat(fd).st_size > limit:  # refused before a byte is read
                 raise ArtifactError(f"{self.path / name} is larger than {limit} bytes; it is not a mnistkit file")
-            return f.read()
+            data = f.read(limit + 1)  # bounded also if the file grows after the check
+            if len(data) > limit:
+                raise ArtifactError(f"{self.path / name} is larger than {limit} bytes; it is not a mnistkit file")
+            return data
 
     def sha256(self, name: str) -> str:
         h = hashlib.sha256()
@@ -318,18 +324,24 @@ def _safetensors_header(data: bytes, size: int, where: Path) -> dict[str, tuple[
         raise ArtifactError(f"{where} is not a safetensors file (its header claims {n} bytes of {size})")
     try:
         header = json.loads(data[8 : 8 + n].decode("utf-8"), object_pairs_hook=_no_duplicates)
-        assert isinstance(header, dict)
-    except (ValueError, AssertionError):
-        raise ArtifactError(f"{where} is not a safetensors file (its header is not a JSON object)") from None
+    except ValueError:
+        header = None
+    if not isinstance(header, dict):  # checked with if, not assert: python -O drops asserts
+        raise ArtifactError(f"{where} is not a safetensors file (its header is not a JSON object)")
     header.pop("__metadata__", None)
     tensors, spans, total = {}, [], 0
     for name, t in header.items():
         try:
             dtype, shape, (begin, end) = t["dtype"], tuple(t["shape"]), t["data_offsets"]
-            ints = all(type(x) is int and x >= 0 for x in (*shape, begin, end))
-            assert dtype in _DTYPE_BYTES and ints and len(shape) <= 8
-        except (TypeError, KeyError, ValueError, AssertionError):
-            raise ArtifactError(f"{where}: tensor {name!r} has no valid dtype, shape and offsets") from None
+            valid = (
+                dtype in _DTYPE_BYTES
+                and len(shape) <= 8
+                and all(type(x) is int and x >= 0 for x in (*shape, begin, end))
+            )
+        except (TypeError, KeyError, ValueError):
+            valid = False
+        if not valid:
+            raise ArtifactError(f"{where}: tensor {name!r} has no valid dtype, shape and offsets")
         elements = math.prod(shape)
         total += elements
         if total > MAX_ELEMENTS:
@@ -350,6 +362,17 @@ def _safetensors_header(data: bytes, size: int, where: Path) -> dict[str, tuple[
     return tensors
 
 
+_WEIGHTS_NAME = re.compile(r"weights-([0-9a-f]{16})\.safetensors")
+
+
+def _orphan_weights(d: "_Folder", name: str) -> bool:
+    """Whether ``name`` is a weights file a save wrote just before it was killed (before its
+    manifest replaced the old one): named by its own content's sha256, so it is exactly such a
+    file, and it is never read as a model. Any other unlisted file is refused."""
+    m = _WEIGHTS_NAME.fullmatch(name)
+    return m is not None and d.sha256(name)[:16] == m.group(1)
+
+
 def _verify(folder: Path) -> tuple[dict[str, Any], str, bytes]:
     """(manifest, artifact sha256, weights bytes) of a folder whose every file checks out."""
     with _Folder(folder) as d:
@@ -365,7 +388,7 @@ def _verify(folder: Path) -> tuple[dict[str, Any], str, bytes]:
                     f"{folder / name} does not match its sha256 in {MANIFEST}: the artifact was modified; "
                     "refusing to load it"
                 )
-        extra = d.extra_entries({MANIFEST, *files})
+        extra = [n for n in d.extra_entries({MANIFEST, *files}) if not _orphan_weights(d, n)]
         if extra:
             raise ArtifactError(
                 f"{folder / extra[0]} is not listed in {MANIFEST}; a model folder holds only what its manifest "

@@ -234,8 +234,9 @@ def _finished(run_dir: Path, config: TrainConfig) -> tuple[dict[str, Any] | None
     try:
         recorded = json.loads((run_dir / "config.json").read_text())["config"]
         result = json.loads((run_dir / "result.json").read_text())
-        assert isinstance(recorded, dict) and isinstance(result, dict)
-    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, ""
+    if not isinstance(recorded, dict) or not isinstance(result, dict):  # not assert: python -O drops it
         return None, ""
     want = {k: v for k, v in config.to_json().items() if k not in PLACEMENT}  # where it ran changes nothing
     changed = sorted(k for k in set(want) | set(recorded) if k not in PLACEMENT and recorded.get(k) != want.get(k))

@@ -169,6 +169,29 @@ def test_failed_save_leaves_previous_model_loadable(tmp_path, monkeypatch):
     assert not list((tmp_path / "m").glob(".*"))  # no temp files left
 
 
+def test_a_save_killed_before_its_manifest_leaves_the_previous_model_loadable(tmp_path):
+    """kill -9 between the two renames runs no cleanup: the new weights (named by their own
+    sha256) sit unlisted beside the old manifest. That folder is exactly what this builds."""
+    save_artifact(tmp_path / "m", Network().state_dict())
+    before = read_manifest(tmp_path / "m")[1]
+    torch.manual_seed(7)
+    save_artifact(tmp_path / "other", Network().state_dict())
+    orphan = _weights_path(tmp_path / "other")
+    shutil.copy(orphan, tmp_path / "m" / orphan.name)
+    assert read_manifest(tmp_path / "m")[1] == before and load_model(tmp_path / "m").sha256 == before
+    save_artifact(tmp_path / "m", Network().state_dict())  # the next save sweeps it
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["manifest.json", _weights_path(tmp_path / "m").name]
+
+
+def test_saving_over_an_exported_model_removes_the_old_onnx(tmp_path):
+    """An earlier ONNX export belongs to earlier weights: a new save removes it with them."""
+    save_artifact(tmp_path / "m", Network().state_dict())
+    (tmp_path / "m" / "model.onnx").write_bytes(b"an export of other weights")
+    save_artifact(tmp_path / "m", Network().state_dict())
+    assert not (tmp_path / "m" / "model.onnx").exists()
+    load_model(tmp_path / "m")
+
+
 def test_missing_and_non_model_paths(tmp_path):
     with pytest.raises(ArtifactError, match="no model at"):
         load_model(tmp_path / "nope")
@@ -550,3 +573,29 @@ def test_a_2018_legacy_format_state_dict_imports(tmp_path):
     import_legacy(tmp_path / "model.dat", tmp_path / "imported")
     loaded = load_model(tmp_path / "imported").network.state_dict()
     assert all(torch.equal(loaded[k], v) for k, v in net.state_dict().items())
+
+
+def test_the_weights_header_is_checked_also_under_python_O():
+    """``python -O`` (or PYTHONOPTIMIZE) drops assert statements: the header checks are plain ifs."""
+    import subprocess
+    import sys
+
+    code = (
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from mnistkit.artifact import _safetensors_header\n"
+        "from mnistkit.errors import ArtifactError\n"
+        "bad = [[1], {'t': {'dtype': 'I64', 'shape': [1], 'data_offsets': [0, 8]}},\n"
+        "       {'t': {'dtype': 'F32', 'shape': [-1, -1], 'data_offsets': [0, 4]}},\n"
+        "       {'t': {'dtype': 'F32', 'shape': [1] * 9, 'data_offsets': [0, 4]}}]\n"
+        "for header in bad:\n"
+        "    h = json.dumps(header).encode()\n"
+        "    data = len(h).to_bytes(8, 'little') + h + bytes(8)\n"
+        "    try:\n"
+        "        _safetensors_header(data, len(data), Path('w.safetensors'))\n"
+        "    except ArtifactError:\n"
+        "        continue\n"
+        "    sys.exit(f'accepted {header}')\n"
+    )
+    r = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
