@@ -192,11 +192,28 @@ def test_bad_name_is_refused_before_anything_is_written(trained_run, tmp_path):
         ["manifests", str(trained_run.run_dir), "--image", IMAGE, "--out", str(tmp_path / "out"), "--name", "My_Model"],
     )
     assert r.exit_code == 1
-    assert (
-        r.stderr.strip()
-        == "Error: --name 'My_Model' is not a valid DNS-1123 label (lower case letters, digits and '-', at most 63)"
+    assert r.stderr.strip() == (
+        "Error: --name 'My_Model' must start with a letter, hold only lower case letters, digits and '-', "
+        "and be at most 45 characters (it names Services and resources with suffixes)"
     )
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"name": "1mnist"}, "--name '1mnist' must start with a letter"),  # KServe's webhook and Services refuse it
+        ({"name": "m" * 46}, "at most 45 characters"),  # <name>-predictor-... would pass 63
+        ({"workers": 0}, "workers must be at least 1"),
+        ({"grace_seconds": -1}, "grace_seconds must be >= 0"),
+        ({"data_size": "big"}, "data_size 'big' is not a Kubernetes quantity"),
+        ({"cpu": "-1"}, "cpu '-1' is not a Kubernetes quantity"),
+    ],
+)
+def test_what_the_schemas_allow_but_the_cluster_refuses_is_refused_here(cfg, change, message):
+    """The CRD schemas leave these open; the API server, KServe's webhook or the kubelet would not."""
+    with pytest.raises(ManifestError, match=re.escape(message)):
+        ManifestConfig(**{**cfg.__dict__, **change}).validate()
 
 
 def test_invalid_polyaxonfile_writes_nothing(trained_run, tmp_path, monkeypatch):

@@ -27,6 +27,13 @@ from ..imageref import ImageRef
 __all__ = ["ManifestConfig", "seldon_deployment", "argo_workflow", "pvcs", "DNS1123", "FS_GROUP", "SERVING_SECURITY"]
 
 DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+#: A deployment's name: it also names Services (DNS-1035: a letter first; KServe's webhook asks
+#: the same of an InferenceService) and resources named after it with a suffix
+#: (``<name>-predictor-...``), which must stay within 63 characters.
+NAME = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
+NAME_MAX = 45
+#: A Kubernetes quantity, not negative (``500m``, ``1Gi``, ``2e3``).
+QUANTITY = re.compile(r"\+?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[KMGTPE]i|[numkMGTPE]|[eE][+-]?[0-9]+)?")
 #: The group every pod runs with (``securityContext.fsGroup``), so mnistkit's images (user
 #: 1001, group 0) can write the volumes they are given.
 FS_GROUP = 1001
@@ -71,8 +78,12 @@ class ManifestConfig:
     provenance: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> "ManifestConfig":
+        if len(self.name) > NAME_MAX or not NAME.fullmatch(self.name):
+            raise ManifestError(
+                f"--name {self.name!r} must start with a letter, hold only lower case letters, digits and '-', "
+                f"and be at most {NAME_MAX} characters (it names Services and resources with suffixes)"
+            )
         for label, value in (
-            ("--name", self.name),
             ("--namespace", self.namespace),
             ("--registry-secret", self.registry_secret),
         ):
@@ -90,6 +101,20 @@ class ManifestConfig:
             raise ManifestError(f"--kserve-mode must be Standard or Knative (got {self.kserve_mode!r})")
         if self.replicas < 0:
             raise ManifestError(f"--replicas must be >= 0 (got {self.replicas})")
+        if self.workers < 1:
+            raise ManifestError(f"workers must be at least 1 (got {self.workers})")
+        if self.grace_seconds < 0:
+            raise ManifestError(f"grace_seconds must be >= 0 (got {self.grace_seconds})")
+        for option, quantity in (
+            ("cpu", self.cpu),
+            ("memory", self.memory),
+            ("memory_limit", self.memory_limit),
+            ("data_size", self.data_size),
+            ("outputs_size", self.outputs_size),
+            ("build_size", self.build_size),
+        ):
+            if not QUANTITY.fullmatch(str(quantity)):
+                raise ManifestError(f"{option} {quantity!r} is not a Kubernetes quantity (e.g. 500m, 1Gi)")
         for what, ref in (
             ("--image", self.image),
             ("the builder image", self.builder_image),
