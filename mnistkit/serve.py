@@ -194,7 +194,7 @@ class Guard:
             return _error(
                 start_response,
                 "405 Method Not Allowed",
-                f"{method} is not allowed on {path}; use {allowed}",
+                f"{str(method)[:20]} is not allowed on {path[:200]}; use {allowed}",
                 "MNISTKIT_METHOD_NOT_ALLOWED",
                 [("Allow", allowed)],
             )
@@ -206,7 +206,7 @@ class Guard:
             return _error(
                 start_response,
                 "404 Not Found",
-                f"no route {path}; predictions go to POST /api/v1.0/predictions",
+                f"no route {path[:200]}; predictions go to POST /api/v1.0/predictions",
                 "MNISTKIT_NOT_FOUND",
             )
         return None
