@@ -102,6 +102,18 @@ class MnistModel:
             self._check_message(request)
         raise SeldonNotImplementedError("fall through to predict")
 
+    def send_feedback_raw(self, feedback: Any) -> Any:
+        """Check a feedback message's data as Seldon will read it (a shape that does not fit its
+        values was a 500 echoing numpy), then hand over to Seldon's own feedback path."""
+        from seldon_core.user_model import SeldonNotImplementedError
+        from seldon_core.utils import extract_feedback_request_parts
+
+        try:
+            extract_feedback_request_parts(feedback)
+        except Exception as e:  # whatever numpy or protobuf raise on data that does not fit
+            self._refuse(f"the feedback's request or truth is not valid tensor or ndarray data ({type(e).__name__})")
+        raise SeldonNotImplementedError("fall through to Seldon's feedback")
+
     def predict(self, X: Any, features_names: Any = None, **kwargs: Any) -> np.ndarray:
         """Pixels or image bytes -> probabilities ``(n, 10)``, rows summing to 1."""
         try:

@@ -243,6 +243,16 @@ def _cases() -> dict[str, Request]:
         ),
         "?json= that is not JSON": Request(400, method="GET", path="/predict?json=notjson", content_type=None),
         "a DDS file as binData": Request(400, _b64(dds())),
+        "feedback whose truth does not fit its shape": Request(
+            400,
+            _j(
+                {
+                    "request": {"data": {"ndarray": _image()}},
+                    "truth": {"data": {"tensor": {"shape": [2], "values": [1]}}},
+                }
+            ),
+            path="/api/v1.0/feedback",
+        ),
     }
 
 
@@ -272,6 +282,11 @@ def _good() -> dict[str, Request]:
         "a PNG full of brackets as a multipart upload": Request(200, noisy, content_type=noisy_type),
         "form-encoded json=": Request(
             200, b"json=" + quote(json.dumps(one)).encode(), content_type="application/x-www-form-urlencoded"
+        ),
+        "feedback": Request(
+            200,
+            _j({"request": {"data": {"ndarray": _image()}}, "truth": {"data": {"ndarray": [[7]]}}, "reward": 1}),
+            path="/api/v1.0/feedback",
         ),
         "health ping": Request(200, method="GET", path="/health/ping", content_type=None),
         "health status": Request(200, method="GET", path="/health/status", content_type=None),
