@@ -25,7 +25,7 @@ from ..imageref import ImageRef, parse_registry
 from ..local.dockerd import engine_failure
 from ..settings import settings
 
-__all__ = ["Credentials", "PushResult", "find_credentials", "push", "pull", "publish"]
+__all__ = ["Credentials", "check_registry", "PushResult", "find_credentials", "push", "pull", "publish"]
 
 log = logging.getLogger(__name__)
 

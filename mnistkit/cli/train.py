@@ -85,12 +85,9 @@ def main(
     in the group folder's best.json for mnistkit-build.
     """
     setup_logging(verbose, quiet)
+    _no_search_flags(polyaxonfile)
     explicit = {n: options[n] for n in given_on_command_line(OPTIONS)}
     base = {**RECIPES.get(recipe or "", {}), **explicit}
-    search_only = given_on_command_line(_SEARCH_ONLY)
-    if search_only and not polyaxonfile:  # else they would be ignored without a word
-        flags = ", ".join("--" + n.replace("_path", "").replace("_", "-") for n in search_only)
-        raise ConfigError(f"{flags} only apply to a search: add -f POLYAXONFILE")
     if polyaxonfile:
         _search(
             polyaxonfile,
@@ -124,6 +121,14 @@ def main(
 
 #: the options that only mean something with -f (a search)
 _SEARCH_ONLY = ("concurrency", "group_name", "metric", "minimize", "max_epochs", "export_path", "image")
+
+
+def _no_search_flags(polyaxonfile: str | None) -> None:
+    """Without -f the search's flags would be ignored without a word: refuse them."""
+    search_only = given_on_command_line(_SEARCH_ONLY)
+    if search_only and not polyaxonfile:
+        flags = ", ".join("--" + n.replace("_path", "").replace("_", "-") for n in search_only)
+        raise ConfigError(f"{flags} only apply to a search: add -f POLYAXONFILE")
 
 
 def _search(
