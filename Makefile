@@ -10,7 +10,7 @@ TOOLS_STAMP := $(TOOLS)/.installed
 MLS := .venv-mlserver
 MLS_STAMP := $(MLS)/.installed
 export MNISTKIT_HOME ?= $(CURDIR)/.mnistkit
-APT_PACKAGES := docker.io docker-registry apache2-utils nginx-light debootstrap wrk
+APT_PACKAGES := python3 python3-venv git docker.io docker-registry apache2-utils nginx-light debootstrap wrk
 PYTEST_ARGS ?=
 # not in images: the training torch (images name their own CPU torch), CUDA, and the test tools
 IMAGE_EXCLUDE := torch|torchvision|triton|nvidia-|cuda-|mypy|pytest|pluggy|iniconfig|librt|pathspec|ruff
@@ -48,10 +48,13 @@ system:
 
 venv: $(STAMP) $(TOOLS_STAMP) $(MLS_STAMP)
 
+# the system packages first (python3-venv among them), also under make -j
+$(STAMP) $(TOOLS_STAMP) $(MLS_STAMP): | system
+
 # MLServer 1.7 (the V2 server) needs protobuf>=5, which seldon-core 1.17.1 forbids: its own venv,
 # with mnistkit installed from this checkout (the tests start `python -m mnistkit.launch_v2` from it)
 $(MLS_STAMP): requirements-mlserver.lock pyproject.toml
-	test -x $(MLS)/bin/python || $(PYTHON) -m venv $(MLS)
+	test -x $(MLS)/bin/pip || { rm -rf $(MLS); $(PYTHON) -m venv $(MLS) || { rm -rf $(MLS); exit 1; }; }
 	$(MLS)/bin/python -m pip install -q --disable-pip-version-check -r requirements-mlserver.lock 2>&1 | grep -v "^WARNING: Location" || true
 	$(MLS)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
 	$(MLS)/bin/python -c "import mlserver, httptools, tritonclient.http, mnistkit.serving_v2"
@@ -59,13 +62,13 @@ $(MLS_STAMP): requirements-mlserver.lock pyproject.toml
 
 # kubernetes-validate needs jsonschema>=4, which seldon-core 1.17.1 forbids: its own venv
 $(TOOLS_STAMP): requirements-tools.lock
-	test -x $(TOOLS)/bin/python || $(PYTHON) -m venv $(TOOLS)
+	test -x $(TOOLS)/bin/pip || { rm -rf $(TOOLS); $(PYTHON) -m venv $(TOOLS) || { rm -rf $(TOOLS); exit 1; }; }
 	$(TOOLS)/bin/python -m pip install -q --disable-pip-version-check -r requirements-tools.lock 2>&1 | grep -v "^WARNING: Location" || true
 	$(TOOLS)/bin/kubernetes-validate --version
 	touch $(TOOLS_STAMP)
 
 $(STAMP): pyproject.toml requirements.lock
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	test -x $(BIN)/pip || { rm -rf $(VENV); $(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }; }
 	$(BIN)/python -m pip install -q --disable-pip-version-check -c requirements.lock -e '.[all,test]' 2>&1 | grep -v "^WARNING: Location" || true
 	$(BIN)/python -c "import mnistkit, torch, seldon_core, docker, polyaxon"
 	touch $(STAMP)
