@@ -6,6 +6,7 @@ test harness uses these, so "is it up?" and "stop it and its children" mean one 
 
 from __future__ import annotations
 
+import http.client
 import os
 import shutil
 import signal
@@ -99,7 +100,7 @@ def http_status(url: str, timeout: float = 2) -> int | None:
             return int(r.status)
     except urllib.error.HTTPError as e:
         return int(e.code)
-    except OSError:
+    except (OSError, http.client.HTTPException):  # nothing there, or something that is not HTTP
         return None
 
 
@@ -165,6 +166,15 @@ class ChildServer:
 
     def stop(self) -> None:
         stop_group(self.proc, timeout=self.stop_timeout)
+
+    def wait_ready(self, path: str, timeout: float) -> bool:
+        """Wait until ``path`` answers 200; False when the server exits or the time is up. On
+        Ctrl-C the server is stopped: in its own session, it would not get the SIGINT."""
+        try:
+            return wait_http(f"{self.url}{path}", timeout, proc=self.proc)
+        except BaseException:
+            self.stop()
+            raise
 
     def __enter__(self) -> Self:
         return self

@@ -2,13 +2,17 @@
 exec root, pidfile and socket all live under one folder.
 
 A dockerd already answering on the folder's socket is reused; one started here is
-stopped by ``stop()`` (its whole process group).
+stopped by ``stop()`` (its whole process group, then its exec root and the network namespace
+mounts there). Starting is locked per folder, so two commands starting at once get one engine;
+a socket or pidfile an unclean stop (kill -9, a reboot) left behind is removed first.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import shutil
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -89,36 +93,67 @@ class LocalDocker:
 
         return docker_client(self.host, timeout)
 
+    @property
+    def exec_root(self) -> Path:
+        # short: unix socket paths are limited to 108 bytes
+        return Path("/run/mnistkit") / hashlib.sha256(str(Path(self.root).resolve()).encode()).hexdigest()[:12]
+
     def _answers(self) -> bool:
         if not self.socket.exists():
             return False
-        client = self.client(timeout=5)  # a docker config the SDK cannot read fails here, at once
-        try:
-            return bool(client.ping())
+        try:  # the SDK asks the engine for its version as the client is made: a dead socket fails there
+            return bool(self.client(timeout=5).ping())
+        except PackagingError:  # a docker config the SDK cannot read: say so at once
+            raise
         except Exception:  # docker raises several types for a dead socket
             return False
 
     def start(self, timeout: float = 60) -> "LocalDocker":
         self.root = Path(self.root).resolve()
-        if self._answers():
-            return self
-        dockerd = find_exe("dockerd", "apt-get install docker.io (make test/demo do this)", PackagingError)
-        # the exec root must be short: unix socket paths are limited to 108 bytes
-        exec_root = Path("/run/mnistkit") / hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            exec_root.mkdir(parents=True, exist_ok=True)
-            self.socket.unlink(missing_ok=True)
-            self.proc = self._spawn(dockerd, exec_root)
+            lock = open(self.root / ".start.lock", "a")  # noqa: SIM115  (held until started)
+        except OSError as e:
+            raise PackagingError(f"cannot use {self.root} for dockerd: {os_reason(e)}") from None
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # another command starting this engine: wait for it, then reuse it
+            if self._answers():
+                return self
+            return self._start(timeout)
+
+    def _start(self, timeout: float) -> "LocalDocker":
+        dockerd = find_exe("dockerd", "apt-get install docker.io (make test/demo do this)", PackagingError)
+        try:
+            self.exec_root.mkdir(parents=True, exist_ok=True)
+            self.socket.unlink(missing_ok=True)  # nothing answers on it: left by an unclean stop
+            self._remove_stale_pidfile()
+            self.proc = self._spawn(dockerd, self.exec_root)
         except OSError as e:
             raise PackagingError(f"cannot start dockerd in {self.root}: {os_reason(e)}") from None
-        if wait_until(self._answers, timeout, proc=self.proc, interval=0.2):
-            return self
-        if self.proc.poll() is not None:
-            tail = (self.root / "dockerd.log").read_text(errors="replace").splitlines()[-3:]
-            raise PackagingError(f"dockerd exited at start: {' | '.join(tail)[-400:]}")
+        try:
+            if wait_until(self._answers, timeout, proc=self.proc, interval=0.2):
+                return self
+        except BaseException:  # Ctrl-C while it starts: no dockerd left running as nobody's
+            self.stop()
+            raise
+        tail = (self.root / "dockerd.log").read_text(errors="replace").splitlines()[-3:]
+        exited = self.proc.poll() is not None
         self.stop()
+        if exited:
+            raise PackagingError(f"dockerd exited at start: {' | '.join(tail)[-400:]}")
         raise PackagingError(f"dockerd did not answer on {self.socket} within {timeout:.0f}s")
+
+    def _remove_stale_pidfile(self) -> None:
+        """dockerd refuses to start while its pidfile names a live process; after a reboot
+        that pid may be any process. Remove the file unless the pid is a dockerd."""
+        pidfile = self.root / "dockerd.pid"
+        try:
+            pid = int(pidfile.read_text().strip())
+            if Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd":
+                return
+        except (OSError, ValueError):
+            pass
+        pidfile.unlink(missing_ok=True)
 
     def _spawn(self, dockerd: str, exec_root: Path) -> subprocess.Popen[bytes]:
         return spawn(
@@ -146,6 +181,13 @@ class LocalDocker:
         if self.proc is not None:
             stop_group(self.proc)
             self.proc = None
+            self._remove_exec_root()
+
+    def _remove_exec_root(self) -> None:
+        """The network namespace mounts dockerd leaves under its exec root, then the folder."""
+        for mount in sorted((self.exec_root / "netns").glob("*")):
+            subprocess.run(["umount", "--lazy", str(mount)], capture_output=True, check=False)
+        shutil.rmtree(self.exec_root, ignore_errors=True)
 
 
 def docker_client(base_url: str, timeout: int = 600) -> Any:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import ServingError
-from ._proc import ChildServer, find_exe, free_port, spawn, wait_http
+from ._proc import ChildServer, find_exe, free_port, spawn
 
 __all__ = ["Microservice", "start_microservice"]
 
@@ -58,7 +58,7 @@ def start_microservice(
         cwd=cwd,
     )
     service = Microservice(proc, http_port=http, grpc_port=grpc, metrics_port=metrics, log_path=log)
-    if not wait_http(f"{service.url}/health/ping", timeout, proc=proc):
+    if not service.wait_ready("/health/ping", timeout):
         service.stop()
         tail = "\n".join(service.log().splitlines()[-5:])
         state = (

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import ServingError
-from ._proc import ChildServer, free_port, spawn, wait_http
+from ._proc import ChildServer, free_port, spawn
 
 __all__ = ["V2Server", "write_model_folder", "start_mlserver"]
 
@@ -67,7 +67,7 @@ def start_mlserver(
     }
     proc = spawn([str(python), "-m", "mnistkit.launch_v2", str(folder)], log, env=full_env, cwd=work)
     server = V2Server(proc, http, grpc, metrics, log)
-    if not wait_http(f"{server.url}/v2/health/ready", timeout, proc=proc):
+    if not server.wait_ready("/v2/health/ready", timeout):
         server.stop()
         tail = "\n".join(server.log().splitlines()[-8:])
         state = f"exited with {proc.returncode}" if proc.returncode is not None else f"not ready within {timeout:.0f}s"

@@ -3,6 +3,8 @@ its data and configuration under one folder. For one machine; past it, a real re
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +44,12 @@ class LocalRegistry:
             self.root.mkdir(parents=True, exist_ok=True)
             self._configure(htpasswd)
             self.proc = spawn([registry, "serve", str(self.root / "config.yml")], self.root / "registry.log")
-        if wait_until(lambda: self._status() == 401, timeout, proc=self.proc):
-            return self
+        try:
+            if wait_until(lambda: self._status() == 401, timeout, proc=self.proc):
+                return self
+        except BaseException:  # Ctrl-C while it starts: no registry left on the port
+            self.stop()
+            raise
         if self.proc.poll() is not None:
             raise PushError(f"docker-registry exited at start; see {self.root / 'registry.log'}")
         self.stop()
@@ -54,13 +60,19 @@ class LocalRegistry:
         out = subprocess.run([htpasswd, "-iBn", self.username], input=self.password.encode(), capture_output=True)
         if out.returncode != 0:
             raise PushError(f"htpasswd failed: {out.stderr.decode(errors='replace').strip()[:200]}")
-        (self.root / "htpasswd").write_bytes(out.stdout)
+        htpasswd_file = self.root / "htpasswd"
+        htpasswd_file.unlink(missing_ok=True)
+        fd = os.open(htpasswd_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # the hash is the owner's only
+        with os.fdopen(fd, "wb") as f:
+            f.write(out.stdout)
+        # values as JSON strings (JSON is YAML): a path with ", " or ": " stays one value
+        q = json.dumps
         (self.root / "config.yml").write_text(
             "version: 0.1\n"
-            f"log: {{level: {self.log_level}}}\n"
-            f"storage: {{filesystem: {{rootdirectory: {self.root / 'data'}}}, delete: {{enabled: true}}}}\n"
-            f"http: {{addr: '{self.address}'}}\n"
-            f"auth: {{htpasswd: {{realm: mnistkit, path: {self.root / 'htpasswd'}}}}}\n"
+            f"log: {{level: {q(self.log_level)}}}\n"
+            f"storage: {{filesystem: {{rootdirectory: {q(str(self.root / 'data'))}}}, delete: {{enabled: true}}}}\n"
+            f"http: {{addr: {q(self.address)}}}\n"
+            f"auth: {{htpasswd: {{realm: mnistkit, path: {q(str(htpasswd_file))}}}}}\n"
         )
 
     def stop(self) -> None:

@@ -1,0 +1,69 @@
+"""The embedded dockerd (mnistkit.local.dockerd) against a real dockerd: what an unclean stop
+leaves behind, two commands starting it at once, and what a stop cleans up."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mnistkit.local.dockerd import LocalDocker
+
+pytestmark = pytest.mark.docker
+
+
+def _mounts_under(path: Path) -> list[str]:
+    return [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines() if str(path) in line]
+
+
+def test_a_dead_socket_and_a_stale_pidfile_do_not_stop_the_next_start(tmp_path):
+    """What kill -9 or a reboot leaves: a socket file nothing listens on, and a pidfile naming a
+    live process that is not dockerd. Before, the client raised on the dead socket (a
+    traceback); dockerd would also refuse a pidfile whose pid is alive."""
+    root = tmp_path / "engine"
+    root.mkdir()
+    dead = socket.socket(socket.AF_UNIX)
+    dead.bind(str(root / "docker.sock"))
+    dead.close()  # the file stays, nothing listens
+    (root / "dockerd.pid").write_text(str(os.getpid()))  # alive, and not a dockerd
+    engine = LocalDocker(root).start()
+    try:
+        assert engine.proc is not None and engine.client().ping()
+        exec_root = engine.exec_root
+        assert exec_root.is_dir()
+    finally:
+        engine.stop()
+    assert not exec_root.exists() and not _mounts_under(exec_root)  # its netns mounts went with it
+
+
+def test_two_commands_starting_one_engine_get_one_dockerd(tmp_path):
+    """Started at once from two processes: one starts it, the other waits and reuses it (before,
+    the second removed the first's socket while it started and spawned a second dockerd)."""
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from mnistkit.local.dockerd import LocalDocker\n"
+        "e = LocalDocker(Path(sys.argv[1])).start()\n"
+        "print('started' if e.proc else 'reused', flush=True)\n"
+        "sys.stdin.read()\n"  # hold it until told
+        "e.stop()\n"
+    )
+    root = tmp_path / "engine"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", code, str(root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(2)
+    ]
+    try:
+        said = sorted(p.stdout.readline().strip() for p in procs)  # type: ignore[union-attr]
+        assert said == ["reused", "started"]
+        assert LocalDocker(root).client().ping()
+    finally:
+        for p in sorted(procs, key=lambda p: p.pid):
+            p.communicate("", timeout=60)
+    assert all(p.returncode == 0 for p in procs)
