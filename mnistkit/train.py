@@ -234,7 +234,6 @@ class _Run:
             "  *best" if improved else "",
         )
         if improved:
-            self.best = m
             # the training, not where it ran: no data/output folders, no generated run name
             self.sha256 = save_artifact(
                 self.run_dir / "model",
@@ -249,6 +248,7 @@ class _Run:
                 },
                 run={**({"id": self.run_dir.name} if cfg.run_name else {}), "best_epoch": epoch},
             )
+            self.best = m  # once saved: a failed save leaves the previous best as the best
         return m
 
 

@@ -100,6 +100,13 @@ def test_ctrl_c_keeps_the_best_epoch_so_far_or_nothing(tmp_path):
     assert load_model(tmp_path / "late").manifest["metrics"]["epoch"] >= 1
     assert not (tmp_path / "late" / "result.json").exists()
 
+    # SIGTERM (kill, timeout, a cancelled CI job) is handled as Ctrl-C is, and exits 143
+    term = train("term", 60000)
+    assert wait_until(lambda: (tmp_path / "term" / "config.json").exists(), 60, proc=term)
+    term.send_signal(signal.SIGTERM)
+    assert term.wait(timeout=60) == 143
+    assert "Terminated." in term.stderr.read() and not (tmp_path / "term").exists()
+
 
 @pytest.mark.parametrize(
     "field, value, message",
