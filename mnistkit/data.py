@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .errors import DataError
-from .files import temp_file
+from .files import disk_errors, os_reason, temp_file
 
 if TYPE_CHECKING:  # torch loads only where tensors are made, so packaging stays light
     import torch
@@ -147,7 +147,6 @@ def _prepare_raw(root: Path) -> Path:
     # Decompress beside the .gz files when that folder is writable, else into a cache.
     target_root = root if _writable(raw) else _cache_root() / "data"
     target = target_root / "MNIST" / "raw"
-    target.mkdir(parents=True, exist_ok=True)
     for name in _FILES:
         out = target / name
         if _ok(out, name):
@@ -155,20 +154,34 @@ def _prepare_raw(root: Path) -> Path:
         src = raw / name if (raw / name).exists() else gz[name]
         if src.suffix != ".gz":
             raise DataError(f"{src} is corrupt (md5 or size mismatch); replace it with the original file")
-        fd, tmp = temp_file(target, f".{name}.")
+        with disk_errors(DataError, f"cannot decompress MNIST into {target} (nor beside {src})"):
+            target.mkdir(parents=True, exist_ok=True)
+            fd, tmp = temp_file(target, f".{name}.")
         try:
-            with gzip.open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
-                while chunk := fin.read(1 << 20):
-                    fout.write(chunk)
+            _gunzip(src, fd, target)
         except (OSError, EOFError, gzip.BadGzipFile) as e:
             os.unlink(tmp)
             raise DataError(f"{src} is corrupt or truncated ({e}); replace it with the original file") from None
+        except DataError:
+            os.unlink(tmp)
+            raise
         if not _ok(Path(tmp), name):
             os.unlink(tmp)
             raise DataError(f"{src} is corrupt (md5 of its content is not MNIST's); replace it with the original file")
         os.replace(tmp, out)
         log.debug("decompressed %s -> %s", src, out)
     return target_root
+
+
+def _gunzip(src: Path, fd: int, target: Path) -> None:
+    """``src`` decompressed into ``fd``: a failed read is the source's fault (OSError and the
+    gzip errors, for the caller), a failed write the disk's (``DataError`` saying why)."""
+    with gzip.open(src, "rb") as fin, os.fdopen(fd, "wb") as fout:
+        while chunk := fin.read(1 << 20):
+            try:
+                fout.write(chunk)
+            except OSError as e:
+                raise DataError(f"cannot decompress {src} into {target}: {os_reason(e)}") from None
 
 
 def _ok(path: Path, name: str | None = None) -> bool:

@@ -56,6 +56,26 @@ def test_truncated_gz_is_a_clear_error(tmp_path):
         load_mnist(tmp_path)
 
 
+def test_a_disk_that_fills_while_decompressing_is_a_clear_error(tmp_path):
+    """A real tmpfs with room for the .gz files and not for what they decompress to: the error
+    names the disk, not the source (before: "corrupt or truncated; replace it with the original")."""
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12m", "tmpfs", str(disk)], capture_output=True)
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {proc.stderr.decode().strip()}")
+    try:
+        raw = _copy_gz(disk)
+        with pytest.raises(DataError, match="cannot decompress .* the disk is full") as e:
+            load_mnist(disk)
+        assert "corrupt" not in str(e.value)
+        assert not [p.name for p in raw.glob(".*") if not p.name.endswith(".verified")]  # no partial file left
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
 def test_wrong_content_is_a_clear_error(tmp_path):
     raw = _copy_gz(tmp_path)
     content = bytearray(gzip.decompress((raw / "t10k-labels-idx1-ubyte.gz").read_bytes()))
