@@ -57,7 +57,21 @@ class Settings:
             if raw is None or raw == "":
                 continue
             values[f.name] = _convert(f.name, raw, f.default)
-        return cls(**values)
+        return cls(**values).validate()
+
+    def validate(self) -> "Settings":
+        """Values the type allows but nothing can use: one line naming the variable."""
+        choices = {"polyaxon": ("auto", "on", "offline", "off"), "runtime": ("auto", "onnx", "torch")}
+        for name, allowed in choices.items():
+            if str(getattr(self, name)).lower() not in allowed:
+                variable = ENV_PREFIX + name.upper()
+                raise ConfigError(f"{variable}={getattr(self, name)!r}: use one of {', '.join(allowed)}")
+        for name in ("threads", "processes", "max_batch", "max_body", "max_image_pixels"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)} must be at least 1")
+        if self.metrics_interval < 0:
+            raise ConfigError(f"{ENV_PREFIX}METRICS_INTERVAL={self.metrics_interval} must be 0 or more")
+        return self
 
     @property
     def home_path(self) -> Path:

@@ -28,6 +28,27 @@ def test_a_bad_value_names_the_variable(monkeypatch):
         settings()
 
 
+@pytest.mark.parametrize(
+    "variable, value, message",
+    [
+        ("MNISTKIT_POLYAXON", "false", "MNISTKIT_POLYAXON='false': use one of auto, on, offline, off"),
+        ("MNISTKIT_RUNTIME", "tensorrt", "MNISTKIT_RUNTIME='tensorrt': use one of auto, onnx, torch"),
+        ("MNISTKIT_THREADS", "-3", "MNISTKIT_THREADS=-3 must be at least 1"),
+        ("MNISTKIT_MAX_BATCH", "0", "MNISTKIT_MAX_BATCH=0 must be at least 1"),
+        ("MNISTKIT_METRICS_INTERVAL", "-1", "MNISTKIT_METRICS_INTERVAL=-1.0 must be 0 or more"),
+    ],
+)
+def test_a_value_of_the_right_type_that_nothing_can_use_is_refused(monkeypatch, variable, value, message):
+    """Before, MNISTKIT_POLYAXON=false read as "report to Polyaxon" when managed, and a zero
+    batch limit refused every request."""
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        settings()
+    monkeypatch.delenv(variable)
+    monkeypatch.setenv("MNISTKIT_POLYAXON", "OFF")  # the case never mattered
+    assert settings().polyaxon == "OFF"
+
+
 def test_nothing_reads_mnistkit_variables_outside_settings():
     """One place: no module but settings.py reads os.environ['MNISTKIT_...'] itself."""
     offenders = []
