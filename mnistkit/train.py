@@ -347,12 +347,22 @@ def fit(
     """Train the seed network as ``config`` says; return where the run went and how well it did.
 
     ``data`` may be passed in to share one loaded copy between runs (tests, benchmarks).
+    ``threads`` applies while it trains; the caller's setting is restored afterwards.
     """
     config.validate()
-    started = time.perf_counter()
-    _skip_the_final_collection()
+    before = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
+    try:
+        return _fit(config, data, on_epoch)
+    finally:
+        if config.threads:
+            torch.set_num_threads(before)
+
+
+def _fit(config: TrainConfig, data: MNISTData | None, on_epoch: Callable[[EpochMetrics], None] | None) -> RunResult:
+    started = time.perf_counter()
+    _skip_the_final_collection()
     run = _open_run(config, data if data is not None else load_mnist(config.data_dir, download=config.download))
     # oneDNN (convolutions, matmuls) may pick kernels that are not run-to-run reproducible
     # (atomics) unless asked for deterministic ones: on the CPU, ask; restored afterwards.
@@ -424,8 +434,9 @@ def main(argv: list[str] | None = None) -> int:
     except MnistkitError as e:
         if args.error_file:
             try:
-                Path(args.error_file).write_text(json.dumps({"error": str(e), "type": type(e).__name__}) + "\n")
-            except OSError:
+                error = json.dumps({"error": str(e), "type": type(e).__name__}) + "\n"
+                write_atomic(Path(args.error_file), error, error=TrainingError)
+            except MnistkitError:
                 pass  # a full disk: the search reads the error from the trial's output instead
         print(f"Error: {e}", file=sys.stderr)
         return 1

@@ -2,6 +2,7 @@ import json
 import re
 
 import pytest
+import torch
 
 from mnistkit.artifact import load_model, sha256_file
 from mnistkit.config import TrainConfig
@@ -59,6 +60,14 @@ def test_keeps_best_epoch_not_last(mnist, tmp_path):
     assert run.best_accuracy == max(accs) and accs[run.best_epoch - 1] == run.best_accuracy
     kept = load_model(run.run_dir).manifest["metrics"]
     assert kept["epoch"] == run.best_epoch and kept["test_accuracy"] == max(accs)
+
+
+def test_threads_apply_while_training_and_are_restored(mnist, tmp_path):
+    before = torch.get_num_threads()
+    seen = []
+    config = TrainConfig(epochs=1, train_samples=256, test_samples=100, threads=1, output_dir=str(tmp_path))
+    fit(config, mnist, on_epoch=lambda m: seen.append(torch.get_num_threads()))
+    assert seen == [1] and torch.get_num_threads() == before
 
 
 def test_divergence_is_a_training_error(mnist, tmp_path):

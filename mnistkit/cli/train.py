@@ -85,7 +85,7 @@ def main(
     in the group folder's best.json for mnistkit-build.
     """
     setup_logging(verbose, quiet)
-    _no_search_flags(polyaxonfile)
+    _check_search_flags(polyaxonfile, export_path)
     explicit = {n: options[n] for n in given_on_command_line(OPTIONS)}
     base = {**RECIPES.get(recipe or "", {}), **explicit}
     if polyaxonfile:
@@ -123,12 +123,14 @@ def main(
 _SEARCH_ONLY = ("concurrency", "group_name", "metric", "minimize", "max_epochs", "export_path", "image")
 
 
-def _no_search_flags(polyaxonfile: str | None) -> None:
-    """Without -f the search's flags would be ignored without a word: refuse them."""
+def _check_search_flags(polyaxonfile: str | None, export_path: str | None) -> None:
+    """Flags that would be ignored without a word: the search's without -f, --image without --export."""
     search_only = given_on_command_line(_SEARCH_ONLY)
     if search_only and not polyaxonfile:
         flags = ", ".join("--" + n.replace("_path", "").replace("_", "-") for n in search_only)
         raise ConfigError(f"{flags} only apply to a search: add -f POLYAXONFILE")
+    if "image" in search_only and not export_path:
+        raise ConfigError("--image names the image of the exported polyaxonfile's trials: add --export FILE")
 
 
 def _search(

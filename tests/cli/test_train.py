@@ -72,12 +72,25 @@ def test_bad_flag_value_is_one_line_and_exit_1(tmp_path):
         (["--concurrency", "2"], "--concurrency"),
         (["--max-epochs", "1", "--export", "e.yml"], "--max-epochs, --export"),
         (["--group-name", "g", "--minimize"], "--group-name, --minimize"),
+        (["--image", "reg.example.com/train:1"], "--image"),
     ],
 )
 def test_search_flags_without_a_file_are_refused_not_ignored(flags, named, tmp_path):
     result = CliRunner(mix_stderr=False).invoke(train_main, [*flags, "--output-dir", str(tmp_path / "o")])
     assert result.exit_code == 1
     assert result.stderr.strip().splitlines() == [f"Error: {named} only apply to a search: add -f POLYAXONFILE"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_image_without_export_is_refused_not_ignored(tmp_path):
+    from support import REPO
+
+    seed = REPO / "examples" / "polyaxon" / "polyaxonfile_hyperparams.yml"
+    args = ["-f", str(seed), "--image", "reg.example.com/train:1", "--output-dir", str(tmp_path / "o")]
+    result = CliRunner(mix_stderr=False).invoke(train_main, args)
+    assert result.exit_code == 1 and result.stderr.strip().splitlines() == [
+        "Error: --image names the image of the exported polyaxonfile's trials: add --export FILE"
+    ]
     assert not (tmp_path / "o").exists()
 
 
