@@ -1,16 +1,19 @@
 """The docker engine mnistkit talks to: the user's, or an embedded dockerd whose data,
 exec root, pidfile and socket all live under one folder.
 
-A dockerd already answering on the folder's socket is reused; one started here is
-stopped by ``stop()`` (its whole process group, then its exec root and the network namespace
-mounts there). Starting is locked per folder, so two commands starting at once get one engine;
-a socket or pidfile an unclean stop (kill -9, a reboot) left behind is removed first.
+A dockerd already answering on the folder's socket is reused. Starting is locked per folder,
+so two commands starting at once get one engine; a socket or pidfile an unclean stop (kill -9,
+a reboot) left behind is removed first. Every command using the engine holds a shared lock on
+the folder's ``users.lock`` until its ``stop()``; the engine is stopped (its whole process
+group, then its exec root and the network namespace mounts there) by the last of them: the one
+that started it if nobody else still uses it, else the last user after it.
 """
 
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import logging
 import os
 import shutil
 import subprocess
@@ -26,6 +29,8 @@ from ..settings import settings
 from ._proc import find_exe, spawn, stop_group, wait_until
 
 __all__ = ["LocalDocker", "connect_docker", "docker_client", "mnistkit_home", "engine_failure", "engine_errors"]
+
+log = logging.getLogger(__name__)
 
 
 def engine_failure(e: BaseException) -> str | None:
@@ -80,6 +85,7 @@ class LocalDocker:
     root: Path
     extra_args: tuple[str, ...] = ()  # more dockerd flags (e.g. --add-runtime)
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _user: Any = field(default=None, init=False, repr=False)  # the shared lock on users.lock
 
     @property
     def socket(self) -> Path:
@@ -117,11 +123,13 @@ class LocalDocker:
             raise PackagingError(f"cannot use {self.root} for dockerd: {os_reason(e)}") from None
         with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another command starting this engine: wait for it, then reuse it
-            if self._answers():
-                return self
-            return self._start(timeout)
+            if not self._answers():
+                self._start(timeout)
+            self._user = open(self.root / "users.lock", "a")  # noqa: SIM115  (held until stop)
+            fcntl.flock(self._user, fcntl.LOCK_SH)
+        return self
 
-    def _start(self, timeout: float) -> "LocalDocker":
+    def _start(self, timeout: float) -> None:
         dockerd = find_exe("dockerd", "apt-get install docker.io (make test/demo do this)", PackagingError)
         try:
             self.exec_root.mkdir(parents=True, exist_ok=True)
@@ -132,28 +140,30 @@ class LocalDocker:
             raise PackagingError(f"cannot start dockerd in {self.root}: {os_reason(e)}") from None
         try:
             if wait_until(self._answers, timeout, proc=self.proc, interval=0.2):
-                return self
+                return
         except BaseException:  # Ctrl-C while it starts: no dockerd left running as nobody's
-            self.stop()
+            self._stop_engine()
             raise
         tail = (self.root / "dockerd.log").read_text(errors="replace").splitlines()[-3:]
         exited = self.proc.poll() is not None
-        self.stop()
+        self._stop_engine()
         if exited:
             raise PackagingError(f"dockerd exited at start: {' | '.join(tail)[-400:]}")
         raise PackagingError(f"dockerd did not answer on {self.socket} within {timeout:.0f}s")
 
-    def _remove_stale_pidfile(self) -> None:
-        """dockerd refuses to start while its pidfile names a live process; after a reboot
-        that pid may be any process. Remove the file unless the pid is a dockerd."""
-        pidfile = self.root / "dockerd.pid"
+    def _dockerd_pid(self) -> int | None:
+        """The pidfile's pid when it is a running dockerd (after a reboot it may be any process)."""
         try:
-            pid = int(pidfile.read_text().strip())
-            if Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd":
-                return
+            pid = int((self.root / "dockerd.pid").read_text().strip())
+            return pid if Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd" else None
         except (OSError, ValueError):
-            pass
-        pidfile.unlink(missing_ok=True)
+            return None
+
+    def _remove_stale_pidfile(self) -> None:
+        """dockerd refuses to start while its pidfile names a live process: remove the file
+        unless that process is a dockerd."""
+        if self._dockerd_pid() is None:
+            (self.root / "dockerd.pid").unlink(missing_ok=True)
 
     def _spawn(self, dockerd: str, exec_root: Path) -> subprocess.Popen[bytes]:
         return spawn(
@@ -178,10 +188,35 @@ class LocalDocker:
         )
 
     def stop(self) -> None:
+        """This command is done with the engine: stop it if it was the last user and the engine
+        is one mnistkit started (here, or by a user that left it running for this one)."""
+        if self._user is None:
+            return
+        handover = self.root / "handover"
+        with open(self.root / ".start.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # no command starts using it while this one decides
+            self._user.close()
+            self._user = None
+            with open(self.root / "users.lock", "a") as users:
+                try:
+                    fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:  # still used by another command: the last of them stops it
+                    if self.proc is not None:
+                        handover.touch()
+                        log.info("leaving dockerd in %s running: another command still uses it", self.root)
+                        self.proc = None
+                    return
+            if self.proc is not None or handover.exists():
+                self._stop_engine()
+            handover.unlink(missing_ok=True)
+
+    def _stop_engine(self) -> None:
         if self.proc is not None:
             stop_group(self.proc)
             self.proc = None
-            self._remove_exec_root()
+        elif (pid := self._dockerd_pid()) is not None:  # started by a command that has ended
+            stop_group(pid=pid)
+        self._remove_exec_root()
 
     def _remove_exec_root(self) -> None:
         """The network namespace mounts dockerd leaves under its exec root, then the folder."""

@@ -40,16 +40,18 @@ def test_a_dead_socket_and_a_stale_pidfile_do_not_stop_the_next_start(tmp_path):
     assert not exec_root.exists() and not _mounts_under(exec_root)  # its netns mounts went with it
 
 
-def test_two_commands_starting_one_engine_get_one_dockerd(tmp_path):
+def test_two_commands_starting_one_engine_get_one_dockerd_and_the_last_stops_it(tmp_path):
     """Started at once from two processes: one starts it, the other waits and reuses it (before,
-    the second removed the first's socket while it started and spawned a second dockerd)."""
+    the second removed the first's socket while it started and spawned a second dockerd). The
+    one that started it ends first: the engine stays up for the other, which stops it when it
+    ends (before, the other lost its engine mid-build)."""
     code = (
         "import sys, time\n"
         "from pathlib import Path\n"
         "from mnistkit.local.dockerd import LocalDocker\n"
         "e = LocalDocker(Path(sys.argv[1])).start()\n"
         "print('started' if e.proc else 'reused', flush=True)\n"
-        "sys.stdin.read()\n"  # hold it until told
+        "sys.stdin.readline()\n"  # hold it until told
         "e.stop()\n"
     )
     root = tmp_path / "engine"
@@ -60,10 +62,18 @@ def test_two_commands_starting_one_engine_get_one_dockerd(tmp_path):
         for _ in range(2)
     ]
     try:
-        said = sorted(p.stdout.readline().strip() for p in procs)  # type: ignore[union-attr]
-        assert said == ["reused", "started"]
-        assert LocalDocker(root).client().ping()
+        said = {p.stdout.readline().strip(): p for p in procs}  # type: ignore[union-attr]
+        assert sorted(said) == ["reused", "started"]
+        engine = LocalDocker(root)
+        pid = engine._dockerd_pid()
+        assert pid is not None and engine.client().ping()
+        said["started"].communicate("\n", timeout=60)  # the starter ends first
+        assert engine.client().ping() and engine._dockerd_pid() == pid  # still up, for the other
+        said["reused"].communicate("\n", timeout=60)  # the last user ends: it stops the engine
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in Path(f"/proc/{pid}/status").read_text()
+        assert not engine.exec_root.exists()
     finally:
-        for p in sorted(procs, key=lambda p: p.pid):
-            p.communicate("", timeout=60)
+        for p in procs:
+            if p.poll() is None:
+                p.communicate("\n", timeout=60)
     assert all(p.returncode == 0 for p in procs)
