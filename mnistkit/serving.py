@@ -274,3 +274,4 @@ class MnistModel:
             values = np.asarray(tensor["values"]) if tensor["values"] else np.zeros(0)
             if values.ndim != 1 or values.dtype.kind not in "iuf":  # nested lists, strings, booleans, nulls
                 self._refuse("data.tensor.values must be a flat list of numbers (the pixels, 0..255)")
+            tensor["values"] = values  # converted once: Seldon's own np.array of it is then a copy
