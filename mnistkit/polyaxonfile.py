@@ -337,7 +337,7 @@ def _list(value: Any, where: str, example: str) -> list[Any]:
 
 def _whole(value: Any, where: str) -> int:
     v = _number(value, where)
-    if v != int(v):
+    if not math.isfinite(v) or v != int(v):
         raise SearchError(f"{where}: {value!r} is not a whole number")
     return int(v)
 

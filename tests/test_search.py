@@ -172,6 +172,7 @@ def _container(d):
         (lambda d: d["matrix"].update(concurrency="two"), "matrix.concurrency: 'two' is not a number"),
         (lambda d: d["matrix"].update(numRuns="x"), "matrix.numRuns: 'x' is not a number"),
         (lambda d: d["matrix"].update(numRuns=2.5), "matrix.numRuns: 2.5 is not a whole number"),
+        (lambda d: d["matrix"].update(numRuns=float("inf")), "matrix.numRuns: inf is not a whole number"),
         (lambda d: d["matrix"].update(seed="abc"), "matrix.seed: 'abc' is not a number"),
         (lambda d: d["matrix"].update(seed=-1), "matrix.seed: the seed must be 0 or more"),
         (lambda d: d.update(matrix=["grid"]), "matrix must be a mapping, not list"),
