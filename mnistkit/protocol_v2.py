@@ -68,10 +68,11 @@ def _shape(tensor: Tensor, most: int) -> tuple[int, ...]:
         raise BadInput(f"input {tensor.name!r}: shape has {len(shape)} dimensions; pixels need at most 4")
     if any(d < 0 for d in shape):
         raise BadInput(f"input {tensor.name!r}: shape {str(list(shape))[:100]} has a negative dimension")
-    if math.prod(shape) > most:
-        n = math.prod(shape) if math.prod(shape) < 10**12 else "far more"
+    n = math.prod(shape)
+    if n > most:
         raise BadInput(
-            f"input {tensor.name!r}: shape {str(list(shape))[:100]} holds {n} values, over the limit of {most}"
+            f"input {tensor.name!r}: shape {str(list(shape))[:100]} holds {n if n < 10**12 else 'far more'} values, "
+            f"over the limit of {most}"
         )
     return tuple(shape)
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from ..errors import PushError
 from ..imageref import ImageRef, parse_registry
-from ..local.dockerd import engine_failure
+from ..local.dockerd import engine_errors, engine_failure
 from ..settings import settings
 
 __all__ = ["Credentials", "check_registry", "PushResult", "find_credentials", "push", "pull", "publish"]
@@ -157,15 +157,11 @@ def check_registry(client: Any, image: ImageRef, credentials: Credentials | None
 
     if credentials is None:
         return
-    try:
-        client.api.login(credentials.username, credentials.password, registry=image.host, reauth=True)
-    except docker.errors.APIError as e:
-        raise PushError(_explain(str(e.explanation or e), image.host)) from None
-    except Exception as e:
-        reason = engine_failure(e)
-        if reason is None:
-            raise
-        raise PushError(f"cannot check the credentials for {image.host}: {reason}") from None
+    with engine_errors(f"cannot check the credentials for {image.host}", PushError):
+        try:
+            client.api.login(credentials.username, credentials.password, registry=image.host, reauth=True)
+        except docker.errors.APIError as e:  # the registry's answer, through the engine
+            raise PushError(_explain(str(e.explanation or e), image.host)) from None
 
 
 class _Progress:
@@ -234,13 +230,9 @@ def publish(client: Any, local: str, registry: str, credentials: Credentials | N
 
     src = ImageRef.parse(local)
     target = ImageRef(parse_registry(registry), src.path, src.tag_or_latest)
-    try:
-        client.images.get(local).tag(target.repository, target.tag_or_latest)
-    except docker.errors.ImageNotFound:
-        raise PushError(f"image {local} not found; build it first") from None
-    except Exception as e:
-        reason = engine_failure(e)
-        if reason is None:
-            raise
-        raise PushError(f"cannot tag {local} as {target}: {reason}") from None
+    with engine_errors(f"cannot tag {local} as {target}", PushError):
+        try:
+            client.images.get(local).tag(target.repository, target.tag_or_latest)
+        except docker.errors.ImageNotFound:
+            raise PushError(f"image {local} not found; build it first") from None
     return push(client, target, credentials)

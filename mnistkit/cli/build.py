@@ -303,15 +303,15 @@ def builder_cmd(
         from ..imageref import parse_registry
 
         parse_registry(registry)  # before the build: a Hub account where a registry was meant
-    chosen = [
-        f
-        for f, on in (("--kind", bool(given_on_command_line(["kind_name"]))), ("--tool", tool), ("--train", train))
-        if on
-    ]
-    if len(chosen) + bool(server) > 1:
-        raise ConfigError(
-            f"{' and '.join([*chosen, *(['--server'] if server else [])])} each choose the image; give one"
-        )
+    given = {
+        "--kind": bool(given_on_command_line(["kind_name"])),
+        "--tool": tool,
+        "--train": train,
+        "--server": bool(server),
+    }
+    chosen = [flag for flag, on in given.items() if on]
+    if len(chosen) > 1:
+        raise ConfigError(f"{' and '.join(chosen)} each choose the image; give one")
     if runtime and not server:
         raise ConfigError("--runtime goes with --server (or name the builder with --kind, e.g. seldon-torch)")
     if server:
