@@ -57,7 +57,7 @@ MAX_DEPTH = 32
 #: the answer instead of a connection reset (unread data makes close() send RST).
 DISCARD_LIMIT = 64 * 1024 * 1024
 DISCARD_SECONDS = 5.0
-#: Seconds a client may take to send a whole body (a slow client holds a sync worker).
+#: Seconds a client may take to send a whole body, by default (``MNISTKIT_BODY_TIMEOUT``).
 BODY_SECONDS = 30.0
 #: Seldon's routes a MODEL component serves; the rest (transform, route, aggregate, static
 #: files) answer 404.
@@ -78,12 +78,15 @@ _OPEN, _CLOSE = frozenset(b"[{"), frozenset(b"]}")
 class GuardLimits:
     max_body: int
     max_depth: int = MAX_DEPTH
+    #: seconds a client may take to send a whole body (a slow client holds a sync worker)
+    body_seconds: float = BODY_SECONDS
 
     @classmethod
     def from_settings(cls) -> "GuardLimits":
         from .settings import settings
 
-        return cls(max_body=settings().max_body)
+        s = settings()
+        return cls(max_body=s.max_body, body_seconds=s.body_timeout)
 
 
 def json_depth(body: bytes) -> int:
@@ -105,34 +108,72 @@ def _error(start_response: Callable[..., Any], status: str, info: str, reason: s
     return [body]
 
 
-@contextmanager
-def _socket_timeout(environ: dict[str, Any], seconds: float) -> Iterator[Callable[[float], None]]:
-    """Give the client's socket (gunicorn puts it in the environ) a timeout for a block, then
-    restore the worker's own setting. Yields a function that changes the timeout."""
-    sock = environ.get("gunicorn.socket")
-    before = sock.gettimeout() if sock is not None else None
+class _Deadlines:
+    """Ends bodies that arrive too slowly. gunicorn's body reader loops over ``recv()`` until it
+    has every byte it was asked for, so a socket timeout (per ``recv``: a byte every 29 s never
+    trips it) or a check between reads does not bound a body's time. One daemon thread per worker
+    process shuts the reading side of each client socket still being read past its deadline,
+    every ``PERIOD`` seconds; the blocked ``recv()`` returns at once and the request is answered
+    408. A request only puts its socket in a dict and takes it out: no thread is woken for it."""
 
-    def set_timeout(value: float) -> None:
-        if sock is not None:
-            sock.settimeout(value)
+    PERIOD = 0.25
 
-    set_timeout(seconds)
-    try:
-        yield set_timeout
-    finally:
-        if sock is not None:
+    def __init__(self) -> None:
+        self._watched: dict[int, tuple[float, Any]] = {}
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def watch(self, environ: dict[str, Any], seconds: float) -> Iterator[float]:
+        """Bound reading the body of ``environ``'s request to ``seconds`` from now; yields the
+        deadline (``time.monotonic()``). The socket also gets ``seconds`` as its timeout."""
+        deadline = time.monotonic() + seconds
+        sock = environ.get("gunicorn.socket")  # None outside gunicorn (tests): nothing to shut
+        if sock is None:
+            yield deadline
+            return
+        self._start()
+        before = sock.gettimeout()
+        sock.settimeout(seconds)
+        self._watched[id(sock)] = (deadline, sock)
+        try:
+            yield deadline
+        finally:
+            self._watched.pop(id(sock), None)
             sock.settimeout(before)
+
+    def _start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():  # (a forked worker has none yet)
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="mnistkit-body-deadlines", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        import socket
+
+        while True:
+            time.sleep(self.PERIOD)
+            now = time.monotonic()
+            for key, (deadline, sock) in list(self._watched.items()):
+                if deadline <= now and self._watched.pop(key, None) is not None:
+                    try:
+                        sock.shutdown(socket.SHUT_RD)
+                    except OSError:  # the client has gone already
+                        pass
+
+
+_deadlines = _Deadlines()
 
 
 def _discard(environ: dict[str, Any], limit: int) -> None:
     """Read and drop up to ``limit`` bytes of a body nobody will parse, for at most
     ``DISCARD_SECONDS`` (a client may claim more than it sends)."""
-    deadline = time.monotonic() + DISCARD_SECONDS
     left = limit
-    with _socket_timeout(environ, DISCARD_SECONDS) as set_timeout:
+    with _deadlines.watch(environ, DISCARD_SECONDS) as deadline:
         try:
             while left > 0:
-                set_timeout(max(0.01, deadline - time.monotonic()))
                 chunk = environ["wsgi.input"].read(min(left, 1 << 16))
                 if not chunk or time.monotonic() > deadline:
                     return
@@ -141,22 +182,24 @@ def _discard(environ: dict[str, Any], limit: int) -> None:
             return
 
 
-def _read_body(environ: dict[str, Any], stream: Any, size: int) -> bytes:
-    """Up to ``size`` bytes of the body, all within ``BODY_SECONDS`` (not per read: a client
-    sending a byte now and then would otherwise hold the worker); ``TimeoutError`` past it."""
-    deadline = time.monotonic() + BODY_SECONDS
+def _read_body(environ: dict[str, Any], stream: Any, size: int, seconds: float) -> bytes:
+    """Up to ``size`` bytes of the body, all within ``seconds`` (see ``_Deadlines``);
+    ``TimeoutError`` past it."""
     chunks, left = [], size
-    with _socket_timeout(environ, BODY_SECONDS) as set_timeout:
-        while left > 0:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            set_timeout(remaining)
-            chunk = stream.read(min(left, 1 << 16))  # socket.timeout is TimeoutError (3.10+)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            left -= len(chunk)
+    with _deadlines.watch(environ, seconds) as deadline:
+        try:
+            while left > 0:
+                chunk = stream.read(min(left, 1 << 16))  # socket.timeout is TimeoutError (3.10+)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                left -= len(chunk)
+        except Exception:  # a chunked body cut off when its deadline shut the socket
+            if time.monotonic() >= deadline:
+                raise TimeoutError from None
+            raise
+        if time.monotonic() >= deadline:  # the read ended because the deadline shut the socket
+            raise TimeoutError
     return b"".join(chunks)
 
 
@@ -222,12 +265,13 @@ class Guard:
             _discard(environ, min(length, DISCARD_LIMIT))
             return self._too_large(start_response, f"{length} bytes")
         try:
-            body = _read_body(environ, stream, length if length >= 0 else limit + 1)  # chunked: at most limit + 1
+            size = length if length >= 0 else limit + 1  # chunked: at most limit + 1
+            body = _read_body(environ, stream, size, self.limits.body_seconds)
         except TimeoutError:
             return _error(
                 start_response,
                 "408 Request Timeout",
-                f"the body did not arrive within {BODY_SECONDS:.0f} s",
+                f"the body did not arrive within {self.limits.body_seconds:g} s (MNISTKIT_BODY_TIMEOUT)",
                 "MNISTKIT_BAD_INPUT",
                 [("Connection", "close")],
             )

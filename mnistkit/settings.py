@@ -44,6 +44,7 @@ class Settings:
     max_body: int = _var(4 * 1024 * 1024, "Largest request body in bytes (413 above it).")
     max_image_pixels: int = _var(4096 * 4096, "Largest encoded image (width x height) a server decodes.")
     metrics_interval: float = _var(1.0, "Seconds between hand-overs of the custom metrics to Seldon.")
+    body_timeout: float = _var(30.0, "Seconds a v1 server gives a client to send a request body (408 after).")
     builder_digest: str | None = _var(None, "Set in model images: the digest of the builder image they were built on.")
     image_torch: str = _var("torch==2.13.0+cpu", "torch requirement installed in --runtime torch images.")
 
@@ -69,6 +70,8 @@ class Settings:
         for name in ("threads", "processes", "max_batch", "max_body", "max_image_pixels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)} must be at least 1")
+        if not 0 < self.body_timeout < 86400:  # (and not NaN)
+            raise ConfigError(f"{ENV_PREFIX}BODY_TIMEOUT={self.body_timeout} must be more than 0 and under a day")
         if self.metrics_interval < 0:
             raise ConfigError(f"{ENV_PREFIX}METRICS_INTERVAL={self.metrics_interval} must be 0 or more")
         return self

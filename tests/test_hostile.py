@@ -173,3 +173,103 @@ def test_the_metrics_lock_file_goes_to_the_first_folder_that_takes_it(tmp_path):
         pass
     with pytest.raises(OSError):
         HolderSafeLock(folders=(str(tmp_path / "missing"),))
+
+
+# --- slow bodies ---------------------------------------------------------------------------------
+
+
+def _trickle(sock, data: bytes, every: float, stop: threading.Event) -> None:
+    """Send ``data`` a byte at a time, one every ``every`` seconds (a slow or hostile client)."""
+    for byte in data:
+        if stop.wait(every):
+            return
+        try:
+            sock.sendall(bytes([byte]))
+        except OSError:
+            return
+
+
+def test_a_body_trickling_in_is_cut_off_at_its_deadline_inside_gunicorns_reader():
+    """gunicorn's reader (real, over a socket pair) asks recv() for the rest of a body until it has
+    it all, so a byte every 50 ms never trips a socket timeout: the deadline thread shuts the
+    socket's read side instead, and the read ends in a TimeoutError at the deadline."""
+    import socket
+
+    from gunicorn.http.body import Body, LengthReader
+    from gunicorn.http.unreader import SocketUnreader
+
+    from mnistkit.serve import _read_body
+
+    server, client = socket.socketpair()
+    stop = threading.Event()
+    body = b'{"data": {"ndarray": [[' + b"0, " * 300 + b"0]]}}"
+    sender = threading.Thread(target=_trickle, args=(client, body, 0.05, stop), daemon=True)
+    with server, client:
+        server.settimeout(7.0)  # the worker's own setting, restored afterwards
+        sender.start()
+        started = time.monotonic()
+        with pytest.raises(TimeoutError):
+            _read_body(
+                {"gunicorn.socket": server}, Body(LengthReader(SocketUnreader(server), len(body))), len(body), 1.0
+            )
+        took = time.monotonic() - started
+        stop.set()
+        assert 1.0 <= took < 2.0, took  # at the deadline (checked every 0.25 s), not after the 45 s the body takes
+        assert server.gettimeout() == 7.0
+
+
+def test_a_body_that_arrives_in_time_is_read_whole():
+    import socket
+
+    from gunicorn.http.body import Body, LengthReader
+    from gunicorn.http.unreader import SocketUnreader
+
+    from mnistkit.serve import _read_body
+
+    server, client = socket.socketpair()
+    body = b"x" * 40
+    sender = threading.Thread(target=_trickle, args=(client, body, 0.005, threading.Event()), daemon=True)
+    with server, client:
+        sender.start()
+        got = _read_body(
+            {"gunicorn.socket": server}, Body(LengthReader(SocketUnreader(server), len(body))), len(body), 5.0
+        )
+    assert got == body
+
+
+@pytest.mark.server
+def test_a_slow_body_gets_408_and_frees_the_worker(trained_run, tmp_path, mnist):
+    """The launcher with one sync worker and MNISTKIT_BODY_TIMEOUT=1: a client sending a byte
+    every 0.1 s gets a 408 after about a second, and the same worker then answers a prediction."""
+    import json
+    import socket
+
+    service = start_microservice(
+        command=[sys.executable, "-m", "mnistkit.serve"],
+        env={"MNISTKIT_MODEL": str(trained_run.artifact), "MNISTKIT_BODY_TIMEOUT": "1"},
+        cwd=tmp_path,
+        workers=1,
+    )
+    stop = threading.Event()
+    try:
+        body = json.dumps({"data": {"ndarray": mnist.test_images[:1].numpy().reshape(1, -1).tolist()}}).encode()
+        with socket.create_connection(("127.0.0.1", service.http_port), timeout=30) as s:
+            head = f"POST /api/v1.0/predictions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            s.sendall(head.encode())
+            started = time.monotonic()
+            threading.Thread(target=_trickle, args=(s, body, 0.1, stop), daemon=True).start()
+            answer = b""
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                part = s.recv(65536)
+                if not part:
+                    break
+                answer += part
+            took = time.monotonic() - started
+        stop.set()
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+        assert b"did not arrive within 1 s" in answer and took < 5, (took, answer[-300:])
+        ok = send("127.0.0.1", service.http_port, GOOD["the 2018 request"], timeout=10)
+        assert ok.status == 200, ok.body[:300]
+    finally:
+        stop.set()
+        service.stop()
