@@ -102,7 +102,9 @@ def decode_image(
 ) -> DecodedImage:
     """Decode an image (``IMAGE_FORMATS``), convert it to grey and, if needed, resize it to 28x28.
 
-    ``invert`` turns a black-on-white drawing into MNIST's white-on-black. Images over
+    ``invert`` turns a black-on-white drawing into MNIST's white-on-black. A photo is turned
+    upright by its EXIF orientation; a transparent canvas becomes the background that contrasts
+    with what is drawn on it (see ``_grey``), as if the drawing had been made on paper. Images over
     ``max_pixels`` (width x height) are refused before they are decoded (a small file can
     claim a huge canvas; ``limit_says`` names the limit in the message), as are images under
     8x8. Raises ``BadInput``.
@@ -118,7 +120,7 @@ def decode_image(
             if min(width, height) < MIN_SIDE:
                 raise BadInput(f"{name} is {width}x{height} pixels; a digit needs at least {MIN_SIDE}x{MIN_SIDE}")
             img.load()
-            grey = img.convert("L")
+            grey = _grey(img)
     except BadInput:
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
@@ -133,6 +135,30 @@ def decode_image(
     if invert:
         pixels = (255 - pixels).astype(np.uint8)
     return DecodedImage(pixels=pixels, resized_from=resized)
+
+
+def _grey(img: Any) -> Any:
+    """An opened image, upright, in grey ("L"). Transparent pixels (whatever colour they hold:
+    drawing apps store black or white there) become white under dark strokes and black under
+    light ones, judged by the mean grey of the pixels at least half opaque; ``convert("L")``
+    alone drops the alpha, so black strokes on a transparent canvas read as an all-black image."""
+    from PIL import Image, ImageOps, ImageStat
+
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # unreadable EXIF: the pixels are still good, as stored
+        pass
+    if img.mode in ("P", "PA", "LA", "La", "RGBa") or "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode != "RGBA":
+        return img.convert("L")
+    grey, alpha = img.convert("L"), img.getchannel("A")
+    if alpha.getextrema()[0] == 255:  # an alpha channel with nothing transparent
+        return grey
+    seen = alpha.point(lambda a: 255 if a >= 128 else 0)  # the strokes (histograms in C: no copy as floats)
+    ink = ImageStat.Stat(grey, mask=seen).mean[0] if seen.getextrema()[1] else 0.0
+    background = Image.new("L", img.size, 255 if ink < 128 else 0)
+    return Image.composite(grey, background, alpha)
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

@@ -1,0 +1,72 @@
+"""mnistkit.pixels.decode_image on what users send besides plain grey PNGs: drawings on a
+transparent canvas (black or white strokes, RGBA, LA, palette) and phone photos stored sideways
+with an EXIF orientation. Each must read as the same drawing on paper would."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from mnistkit.pixels import decode_image
+
+
+def _encode(img: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    out = io.BytesIO()
+    img.save(out, format=fmt, **options)
+    return out.getvalue()
+
+
+@pytest.fixture(scope="module")
+def digit(mnist):
+    return mnist.test_images[0].numpy().astype(np.uint8)  # (28, 28) white on black, a 7
+
+
+def _on_paper(digit: np.ndarray) -> np.ndarray:
+    """The digit drawn in black on white paper, read with invert=True (the reference)."""
+    return decode_image(_encode(Image.fromarray(255 - digit, "L")), invert=True).pixels
+
+
+def test_black_strokes_on_a_transparent_canvas_read_as_on_paper(digit):
+    for hidden in (0, 255):  # drawing apps store black or white under the transparent pixels
+        rgba = np.zeros((28, 28, 4), np.uint8)
+        rgba[..., :3] = hidden
+        rgba[..., :3][digit > 0] = 0  # black ink
+        rgba[..., 3] = digit  # the ink's opacity is the stroke
+        got = decode_image(_encode(Image.fromarray(rgba, "RGBA")), invert=True).pixels
+        assert np.array_equal(got, _on_paper(digit)), hidden
+
+
+def test_white_strokes_on_a_transparent_canvas_read_as_white_on_black(digit):
+    rgba = np.full((28, 28, 4), 255, np.uint8)
+    rgba[..., 3] = digit
+    got = decode_image(_encode(Image.fromarray(rgba, "RGBA"))).pixels
+    assert np.array_equal(got, digit)
+
+
+def test_grey_with_alpha_and_a_palette_with_a_transparent_colour(digit):
+    la = np.stack([np.zeros_like(digit), digit], -1)
+    assert np.array_equal(decode_image(_encode(Image.fromarray(la, "LA")), invert=True).pixels, _on_paper(digit))
+    mask = (digit > 127).astype(np.uint8)  # 0: transparent (palette colour 0), 1: black ink
+    palette = Image.fromarray(mask, "P")
+    palette.putpalette([255, 255, 255, 0, 0, 0])
+    got = decode_image(_encode(palette, transparency=0), invert=True).pixels
+    assert np.array_equal(got, np.where(mask, 255, 0).astype(np.uint8))
+
+
+def test_an_opaque_alpha_channel_changes_nothing(digit):
+    rgba = np.dstack([digit, digit, digit, np.full_like(digit, 255)])
+    assert np.array_equal(decode_image(_encode(Image.fromarray(rgba, "RGBA"))).pixels, digit)
+
+
+def test_a_photo_stored_sideways_is_turned_upright_by_its_exif_orientation(digit):
+    upright = Image.fromarray(digit, "L").resize((112, 112))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to view": the camera stored it turned left
+    stored = upright.transpose(Image.Transpose.ROTATE_90)
+    got = decode_image(_encode(stored, "JPEG", quality=100, exif=exif)).pixels.astype(int)
+    want = decode_image(_encode(upright, "JPEG", quality=100)).pixels.astype(int)
+    assert np.abs(got - want).max() <= 8  # JPEG's rounding; sideways, the 7 differs by far more
+    assert np.abs(decode_image(_encode(stored, "JPEG", quality=100)).pixels.astype(int) - want).max() > 100
