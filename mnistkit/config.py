@@ -25,6 +25,8 @@ SCHEDULERS = ("none", "step", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16")
 #: Fields that say where a run goes rather than how it trains: a search decides them.
 PLACEMENT = ("output_dir", "run_name")
+#: the keys of a run folder's config.json: the TrainConfig under "config", and what it ran on
+RUN_RECORD = frozenset({"config", "device", "bf16", "threads", "pid", "versions"})
 
 
 def _opt(default: Any, help: str, *, choices: Sequence[str] | None = None, env: str | None = None) -> Any:
@@ -117,7 +119,13 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "TrainConfig":
-        """From a saved config; unknown keys are refused (a file from another version)."""
+        """From a saved config, or a run folder's ``config.json`` (which holds one under
+        ``config`` beside what the run ran on); unknown keys are refused (a file from another
+        version)."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a training config is a JSON object, not {type(data).__name__}")
+        if isinstance(data.get("config"), Mapping) and set(data) <= RUN_RECORD:
+            data = data["config"]
         unknown = sorted(set(data) - set(OPTIONS))
         if unknown:
             raise ConfigError(f"unknown training option{'s' if len(unknown) > 1 else ''} {', '.join(unknown)}")
@@ -125,6 +133,9 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "TrainConfig":
+        """From a file ``save`` wrote, a run folder's ``config.json``, or the run folder."""
+        if Path(path).is_dir():
+            path = Path(path) / "config.json"
         try:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as e:

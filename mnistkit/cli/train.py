@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..config import OPTIONS, RECIPES, TrainConfig
+from ..config import OPTIONS, PLACEMENT, RECIPES, TrainConfig
 from ..errors import ConfigError
 from ._common import errors_to_exit, given_on_command_line, setup_logging, table_options, verbosity
 
@@ -24,6 +24,13 @@ _SEARCH_OWN = ("output_dir", "train_samples", "test_samples", "data_dir", "run_n
     "--recipe",
     type=click.Choice(sorted(RECIPES)) if RECIPES else str,
     help="Start from a named set of values (flags given beside it win): " + ", ".join(sorted(RECIPES)),
+)
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(),
+    help="Start from a saved configuration: a run folder (its config.json) or a TrainConfig file. "
+    "Flags given beside it win; the run goes to --output-dir under a new name unless --run-name is given.",
 )
 @click.option(
     "--import-legacy",
@@ -60,6 +67,7 @@ _SEARCH_OWN = ("output_dir", "train_samples", "test_samples", "data_dir", "run_n
 @errors_to_exit
 def main(
     recipe: str | None,
+    config_path: str | None,
     legacy: str | None,
     polyaxonfile: str | None,
     concurrency: int | None,
@@ -85,9 +93,8 @@ def main(
     in the group folder's best.json for mnistkit-build.
     """
     setup_logging(verbose, quiet)
-    _check_search_flags(polyaxonfile, export_path)
-    explicit = {n: options[n] for n in given_on_command_line(OPTIONS)}
-    base = {**RECIPES.get(recipe or "", {}), **explicit}
+    _check_flags(polyaxonfile, export_path, config_path, recipe, legacy)
+    base = _base(recipe, config_path)
     if polyaxonfile:
         _search(
             polyaxonfile,
@@ -121,6 +128,29 @@ def main(
 
 #: the options that only mean something with -f (a search)
 _SEARCH_ONLY = ("concurrency", "group_name", "metric", "minimize", "max_epochs", "export_path", "image")
+
+
+def _base(recipe: str | None, config_path: str | None) -> dict[str, Any]:
+    """The values a run starts from: a recipe's or a saved config's (less where it went), then
+    the flags given on the command line."""
+    options = click.get_current_context().params
+    explicit = {n: options[n] for n in given_on_command_line(OPTIONS)}
+    if config_path:
+        saved = TrainConfig.load(config_path).to_json()
+        return {**{n: v for n, v in saved.items() if n not in PLACEMENT}, **explicit}
+    return {**RECIPES.get(recipe or "", {}), **explicit}
+
+
+def _check_flags(
+    polyaxonfile: str | None, export_path: str | None, config_path: str | None, recipe: str | None, legacy: str | None
+) -> None:
+    """Flags that would be ignored without a word, or fight each other. --config holds every
+    training value: a recipe, a search or an import beside it would fight it."""
+    _check_search_flags(polyaxonfile, export_path)
+    if config_path:
+        other = "--recipe" if recipe else "-f" if polyaxonfile else "--import-legacy" if legacy else None
+        if other:
+            raise ConfigError(f"--config and {other} cannot be used together: give flags beside --config to change it")
 
 
 def _check_search_flags(polyaxonfile: str | None, export_path: str | None) -> None:

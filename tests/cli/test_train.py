@@ -159,3 +159,56 @@ def test_the_same_command_twice_gives_the_same_artifact_bytes(tmp_path):
         assert r.returncode == 0, r.stderr
         shas.append(json.loads(r.stdout)["artifact_sha256"])
     assert shas[0] == shas[1]
+
+
+def test_a_run_folder_reproduces_its_run_with_config(tmp_path):
+    """--config RUN trains what RUN's config.json says, into a new folder under a new name: the
+    same bytes (same machine, same threads); a flag beside it wins."""
+    first = ["--epochs", "1", "--train-samples", "1000", "--test-samples", "500", "--lr", "0.05", "--momentum", "0.9"]
+    runner = CliRunner(mix_stderr=False)
+    result = runner.invoke(train_main, [*first, "--seed", "3", "--output-dir", str(tmp_path / "a"), "--json"])
+    assert result.exit_code == 0, result.output
+    original = json.loads(result.stdout)
+    run = tmp_path / "a" / original["run_id"]  # a generated name: not part of the artifact's bytes
+    again = runner.invoke(train_main, ["--config", str(run), "--output-dir", str(tmp_path / "b"), "--json"])
+    assert again.exit_code == 0, again.output
+    copy = json.loads(again.stdout)
+    assert copy["artifact_sha256"] == original["artifact_sha256"] and copy["run_id"] != original["run_id"]
+    saved = json.loads((tmp_path / "b" / copy["run_id"] / "config.json").read_text())["config"]
+    assert (saved["seed"], saved["momentum"], saved["train_samples"]) == (3, 0.9, 1000)
+
+    changed = runner.invoke(
+        train_main,
+        [
+            "--config",
+            str(run / "config.json"),
+            "--seed",
+            "4",
+            "--output-dir",
+            str(tmp_path / "c"),
+            "--json",
+        ],
+    )
+    assert changed.exit_code == 0, changed.output
+    assert json.loads(changed.stdout)["artifact_sha256"] != original["artifact_sha256"]  # another seed
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--config", "{missing}"], "cannot read the training config"),
+        (["--config", "{bad}"], "unknown training option"),
+        (["--config", "{list}"], "a training config is a JSON object, not list"),
+        (["--config", "{good}", "--recipe", "fast99"], "--config and --recipe cannot be used together"),
+        (["--config", "{good}", "-f", "{good}"], "--config and -f cannot be used together"),
+    ],
+    ids=["missing", "unknown key", "not an object", "with --recipe", "with -f"],
+)
+def test_a_config_that_cannot_be_used_is_one_line(tmp_path, args, says):
+    files = {"bad": {"config": {"epochs": 1, "learning_rate": 0.1}}, "list": [1], "good": {"epochs": 1}}
+    for name, data in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(data))
+    paths = {name: str(tmp_path / f"{name}.json") for name in [*files, "missing"]}
+    result = CliRunner(mix_stderr=False).invoke(train_main, [a.format(**paths) for a in args])
+    assert result.exit_code == 1 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
