@@ -25,35 +25,40 @@ from __future__ import annotations
 
 import importlib
 import sys
+import threading
 import types
 from collections.abc import Callable, Mapping, Sequence
 from importlib.machinery import ModuleSpec, PathFinder
 from typing import Any
 
-__all__ = ["DEFERRED", "Forward", "StandIn", "defer", "deferred"]
+__all__ = ["DEFERRED", "Forward", "StandIn", "attach", "defer", "deferred"]
+
+_LOCK = threading.Lock()
 
 
 class StandIn(types.ModuleType):
     """In ``sys.modules`` in place of a module not imported yet."""
 
     def __init__(
-        self, name: str, names: Mapping[str, Callable[[StandIn, str], Any]], path: list[str] | None = None
+        self, name: str, names: Mapping[str, Callable[[StandIn, str], Any]], spec: ModuleSpec | None = None
     ) -> None:
         super().__init__(name, f"stand-in for {name}, imported when first used (mnistkit.deferred)")
         self.__dict__["_names"] = dict(names)
-        if path is not None:  # a package: its submodules import as they would (from its folder)
-            self.__path__ = path
+        self.__spec__ = spec  # the real module's (importlib.util.find_spec answers with it)
+        if spec is not None and spec.submodule_search_locations is not None:
+            self.__path__ = list(spec.submodule_search_locations)  # a package: its submodules import from its folder
 
     def load(self) -> types.ModuleType:
-        """The real module, imported now if it is not yet."""
-        real = sys.modules.get(self.__name__)
-        if real is not None and real is not self:
-            return real
-        sys.modules.pop(self.__name__, None)
+        """The real module, imported now if it is not yet. Threads that get here together import
+        it once: the first takes the stand-in out of ``sys.modules``, and ``import_module`` makes
+        the others wait for a module another thread is still importing."""
+        with _LOCK:
+            if sys.modules.get(self.__name__) is self:
+                del sys.modules[self.__name__]
         try:
             return importlib.import_module(self.__name__)
         except BaseException:
-            sys.modules.setdefault(self.__name__, self)
+            sys.modules.setdefault(self.__name__, self)  # the next use tries again
             raise
 
     def __getattr__(self, name: str) -> Any:
@@ -98,7 +103,8 @@ class _DataFrameHint:
 
     def __eq__(self, other: object) -> bool:
         pandas = sys.modules.get("pandas")
-        return pandas is not None and not isinstance(pandas, StandIn) and other is pandas.DataFrame
+        real = pandas is not None and not isinstance(pandas, StandIn) and other is pandas.DataFrame
+        return other is self or real
 
     def __hash__(self) -> int:
         return hash("pandas.DataFrame")
@@ -107,20 +113,42 @@ class _DataFrameHint:
         return "pandas.DataFrame"
 
 
+def _real_attribute(module: str, name: str) -> Any:
+    """``module.name``, imported (what a pickled lazy codec becomes when unpickled)."""
+    return getattr(importlib.import_module(module), name)
+
+
 def _pandas_codec(stand_in: StandIn, name: str) -> type:
     """MLServer's ``pd`` request codec, registered as ``mlserver.codecs`` imports it (in the
-    same place), its methods importing pandas and the real codec when first called; importing
-    the real one registers it in this one's place."""
+    same place); it acts as the real class does, each of its attributes imported with pandas
+    when first read: the real class's classmethods run bound to this class (or a subclass of
+    it, whose overrides they then call). Importing the real module registers the real codec
+    in this one's place."""
+    import copyreg
+    import inspect
+
     from mlserver.codecs.base import RequestCodec, register_request_codec
 
-    def real() -> Any:
-        return getattr(stand_in.load(), name)
+    def bound(cls: type, attr: str) -> Any:
+        real = getattr(stand_in.load(), name)
+        value = inspect.getattr_static(real, attr)
+        if isinstance(value, classmethod):
+            return value.__func__.__get__(cls)
+        if isinstance(value, staticmethod):
+            return value.__func__
+        return getattr(real, attr)
 
-    def method(attr: str) -> classmethod:  # type: ignore[type-arg]
-        return classmethod(lambda cls, *args, **kwargs: getattr(real(), attr)(*args, **kwargs))
+    class Lazy(type(RequestCodec)):  # type: ignore[misc]
+        def __getattr__(cls, attr: str) -> Any:  # what the real codec has beyond RequestCodec's API
+            if attr.startswith("__"):
+                raise AttributeError(attr)
+            return bound(cls, attr)
+
+    def forward(attr: str) -> classmethod:  # type: ignore[type-arg]
+        return classmethod(lambda cls, *args, **kwargs: bound(cls, attr)(*args, **kwargs))
 
     def can_encode(cls: type, payload: Any) -> bool:  # no DataFrame exists until pandas is imported
-        return "pandas" in sys.modules and bool(real().can_encode(payload))
+        return "pandas" in sys.modules and bool(bound(cls, "can_encode")(payload))
 
     body: dict[str, Any] = {
         "__doc__": "MLServer's pandas codec, imported when first used (mnistkit.deferred).",
@@ -130,9 +158,13 @@ def _pandas_codec(stand_in: StandIn, name: str) -> type:
         "TypeHint": _DataFrameHint(),
         "can_encode": classmethod(can_encode),
     }
-    for attr in ("encode_response", "decode_response", "encode_request", "decode_request"):
-        body[attr] = method(attr)
-    return register_request_codec(type(name, (RequestCodec,), body))
+    # RequestCodec's API and MLServer 1.7.1's PandasCodec.encode_outputs, in the class itself
+    # (a subclass's super() finds only those); anything else through the metaclass
+    for attr in ("encode_response", "decode_response", "encode_request", "decode_request", "encode_outputs"):
+        body[attr] = forward(attr)
+    codec = Lazy(name, (RequestCodec,), body)
+    copyreg.pickle(Lazy, lambda c: (_real_attribute, (stand_in.__name__, c.__name__)))
+    return register_request_codec(codec)  # type: ignore[no-any-return]
 
 
 #: module -> the names MLServer 1.7.1 imports from it as it starts, and how each is stood for
@@ -174,10 +206,19 @@ def defer(modules: Mapping[str, Mapping[str, Callable[[StandIn, str], Any]]] = D
     for name, names in modules.items():
         spec = None if name in sys.modules else _find(name)
         if spec is not None:
-            path = spec.submodule_search_locations
-            sys.modules[name] = StandIn(name, names, None if path is None else list(path))
+            sys.modules[name] = StandIn(name, names, spec)
             done.append(name)
     return done
+
+
+def attach() -> None:
+    """Make each stand-in an attribute of its package, once that is imported, as importing the
+    real module would (``import mlserver.parallel; mlserver.parallel.X`` then works)."""
+    for name in deferred():
+        parent, _, child = name.rpartition(".")
+        package = sys.modules.get(parent)
+        if package is not None and child not in vars(package):
+            setattr(package, child, sys.modules[name])
 
 
 def deferred() -> list[str]:

@@ -354,12 +354,14 @@ def _preload() -> None:
     ~0.1 s on the path to the first answer; a few hundred import-time cycles stay frozen."""
     import importlib.util
 
-    from .deferred import defer
+    from .deferred import attach, defer
 
     gc.disable()
     try:
         defer()  # features that are off, and pandas: imported when first used (~0.1 s, see mnistkit.deferred)
         import mnistkit.serving_v2  # noqa: F401  (mlserver, fastapi, pydantic, prometheus_client)
+
+        attach()
 
         for name in ("torch", "onnxruntime"):
             if importlib.util.find_spec(name):

@@ -11,13 +11,14 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mnistkit.deferred import DEFERRED, Forward, StandIn, defer, deferred
 from mnistkit.local._proc import wait_until
 from mnistkit.local.mlserver import start_mlserver
 from mnistkit.runtime import load_predictor
-from support.v2 import mlserver_python, pixels_input, request
+from support.v2 import GRPC, mlserver_python, pixels_input, png, request
 
 # --- the stand-ins' rules, on a package made here ---------------------------------------------
 
@@ -149,6 +150,71 @@ print(json.dumps({
     assert got["real_now"] == "mlserver.codecs.pandasTrue" and "mlserver.codecs.pandas" not in got["deferred"]
 
 
+def test_the_lazy_pandas_codec_acts_as_the_real_class(tmp_path):
+    """Threads using it at once, a classmethod beyond RequestCodec's API, a subclass's override,
+    pickling, and the stand-in reachable as its package's attribute, with the real spec."""
+    got = _run(
+        AFTER_PRELOAD
+        + """
+import importlib.util, pickle, threading
+import mlserver.codecs, mlserver.parallel
+from mlserver.codecs import PandasCodec
+from mlserver.types import InferenceRequest, RequestInput
+request = InferenceRequest(inputs=[RequestInput(name="a", shape=[2], datatype="INT32", data=[1, 2])])
+results = []
+def use():
+    try:
+        results.append(len(PandasCodec.decode_request(request)))
+    except Exception as e:
+        results.append(repr(e))
+threads = [threading.Thread(target=use) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+import pandas as pd
+frame = pd.DataFrame({"a": [1, 2]})
+class Mine(PandasCodec):
+    @classmethod
+    def encode_outputs(cls, payload, use_bytes=True):
+        return [o.model_copy(update={"name": "mine"}) for o in super().encode_outputs(payload, use_bytes)]
+print(json.dumps({
+    "threads": results,
+    "outputs": [o.name for o in PandasCodec.encode_outputs(frame)],
+    "override": [o.name for o in Mine.encode_response("m", frame).outputs],
+    "pickled": pickle.loads(pickle.dumps(PandasCodec)).__module__,
+    "parent": type(mlserver.parallel).__name__,
+    "spec": importlib.util.find_spec("mlserver.kafka").name,
+}))
+""",
+        tmp_path,
+    )
+    assert got["threads"] == [2] * 8 and got["outputs"] == ["a"] and got["override"] == ["mine"]
+    assert got["pickled"] == "mlserver.codecs.pandas" and got["parent"] == "StandIn" and got["spec"] == "mlserver.kafka"
+
+
+@pytest.mark.server
+def test_a_serving_process_never_loads_the_deferred_modules(trained_run, tmp_path, mnist):
+    """After answering, the server processes have mapped none of pandas', aiokafka's or the OTLP
+    exporter's files (read from /proc/PID/maps): the stand-ins were never touched."""
+    import psutil
+
+    with start_mlserver(trained_run.artifact, python=mlserver_python(), workdir=tmp_path, processes=2) as v2:
+        image = mnist.test_images[0].numpy().astype(int)
+        for _ in range(4):
+            status, body, _ = request(
+                v2.url + "/v2/models/mnist/infer", body=pixels_input(image.reshape(-1).tolist(), [1, 784])
+            )
+            assert status == 200, body
+        servers = psutil.Process(v2.proc.pid).children(recursive=True)
+        assert len(servers) == 2
+        maps = {
+            p.pid: Path(f"/proc/{p.pid}/maps").read_text() + Path(f"/proc/{p.pid}/cmdline").read_text() for p in servers
+        }
+    for pid, text in maps.items():
+        opened = [name for name in ("/pandas/", "/aiokafka/", "/opentelemetry/exporter/") if name in text]
+        assert opened == [], (pid, opened)
+        assert "/onnxruntime/" in text or "/torch/" in text  # the maps are the server's: its runtime is there
+
+
 def test_kafka_on_makes_mlservers_real_kafka_server(tmp_path):
     got = _run(
         AFTER_PRELOAD
@@ -166,29 +232,43 @@ print(json.dumps({"type": type(server._kafka_server).__module__ + "." + type(ser
 
 @pytest.mark.server
 def test_tracing_on_sends_spans_of_rest_and_grpc_requests(trained_run, tmp_path, mnist):
-    """MLSERVER_TRACING_SERVER set: the launcher's servers export their spans over OTLP/gRPC to a
-    receiver (tests/support/otlp_receiver.py, OpenTelemetry's own service stubs)."""
+    """MLSERVER_TRACING_SERVER set: the launcher's servers export the spans of a REST and a gRPC
+    request over OTLP/gRPC to a receiver (tests/support/otlp_receiver.py, OpenTelemetry's own
+    service stubs)."""
     port_file = tmp_path / "otlp.port"
     receiver = subprocess.Popen(
         [mlserver_python(), str(Path(__file__).parent / "support" / "otlp_receiver.py"), str(port_file)],
         stdout=subprocess.PIPE,
         text=True,
     )
+    image = mnist.test_images[0].numpy().astype(np.uint8)
+    (tmp_path / "grpc_client.py").write_text(GRPC)
+    (tmp_path / "d.png").write_bytes(png(image))
     try:
         assert wait_until(lambda: port_file.exists() and port_file.read_text(), 30)
         env = {"MLSERVER_TRACING_SERVER": f"127.0.0.1:{port_file.read_text()}", "OTEL_BSP_SCHEDULE_DELAY": "100"}
         with start_mlserver(
             trained_run.artifact, python=mlserver_python(), workdir=tmp_path, processes=2, env=env
         ) as v2:
-            pixels = mnist.test_images[0].numpy().astype(int).reshape(-1).tolist()
+            pixels = image.astype(int).reshape(-1).tolist()
             status, body, _ = request(v2.url + "/v2/models/mnist/infer", body=pixels_input(pixels, [1, 784]))
             assert status == 200, body
-            time.sleep(1.5)  # the batch span processor exports every 100 ms
+            args = [f"127.0.0.1:{v2.grpc_port}", json.dumps(pixels), str(tmp_path / "d.png")]
+            client = subprocess.run(
+                [mlserver_python(), str(tmp_path / "grpc_client.py"), *args],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert client.returncode == 0, client.stderr
+            time.sleep(0.5)  # exported every 100 ms, and flushed again as the servers stop
         receiver.terminate()
         spans, _ = receiver.communicate(timeout=30)
     finally:
         receiver.kill()
-    assert any("/v2/models/{model_name}/infer" in s or "/v2/models/mnist/infer" in s for s in spans.splitlines()), spans
+    names = spans.splitlines()
+    assert any("/v2/models/" in s and "infer" in s for s in names), names  # FastAPI's instrumentation
+    assert any(s.endswith("GRPCInferenceService/ModelInfer") for s in names), names  # gRPC's
 
 
 @pytest.mark.server

@@ -18,7 +18,7 @@ from PIL import Image
 
 from mnistkit.local._proc import wait_until
 from mnistkit.local.mlserver import start_mlserver
-from support.v2 import HOSTILE, ONE, images_input, mlserver_python, pixels_input, png, request
+from support.v2 import GRPC, HOSTILE, ONE, images_input, mlserver_python, pixels_input, png, request
 
 pytestmark = pytest.mark.server
 
@@ -404,31 +404,6 @@ def test_debug_is_off_no_access_log_and_no_debug_lines(v2, digits):
     log = v2.log()
     assert "Loaded model 'mnist' successfully" in log  # the log is there, and it is quiet
     assert "POST /v2/models/mnist/infer" not in log and " DEBUG " not in log
-
-
-GRPC = """
-import json, sys
-import grpc
-from mlserver.grpc import dataplane_pb2 as pb, dataplane_pb2_grpc as pbg
-
-address, pixels, png = sys.argv[1], json.loads(sys.argv[2]), open(sys.argv[3], "rb").read()
-stub = pbg.GRPCInferenceServiceStub(grpc.insecure_channel(address))
-Tensor, Contents = pb.ModelInferRequest.InferInputTensor, pb.InferTensorContents
-answers = []
-for tensor in (
-    Tensor(name="pixels", datatype="INT32", shape=[1, 784], contents=Contents(int_contents=pixels)),
-    Tensor(name="images", datatype="BYTES", shape=[1], contents=Contents(bytes_contents=[png])),
-):
-    r = stub.ModelInfer(pb.ModelInferRequest(model_name="mnist", inputs=[tensor]))
-    out = {o.name: o for o in r.outputs}
-    answers.append({"probabilities": list(out["probabilities"].contents.fp32_contents),
-                    "digits": list(out["digits"].contents.int64_contents)})
-try:
-    stub.ModelInfer(pb.ModelInferRequest(model_name="mnist", inputs=[Tensor(name="x", datatype="INT32", shape=[1])]))
-except grpc.RpcError as e:
-    answers.append({"code": e.code().name, "details": e.details()})
-print(json.dumps(answers))
-"""
 
 
 def test_grpc_answers_like_rest_on_the_shared_port(v2, predictor, digits, tmp_path):

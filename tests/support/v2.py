@@ -118,3 +118,30 @@ HOSTILE = {
     "large blank images, over the limit together": (images_input([blank_png(2048)] * 5), 400, "all the images"),
     "a DDS file": (images_input([dds()]), 400, "not an image"),
 }
+
+
+#: a V2 gRPC client (run with the MLServer venv's Python: ADDRESS PIXELS-JSON PNG-FILE): pixels, a PNG,
+#: then a refused input; prints the answers as JSON
+GRPC = """
+import json, sys
+import grpc
+from mlserver.grpc import dataplane_pb2 as pb, dataplane_pb2_grpc as pbg
+
+address, pixels, png = sys.argv[1], json.loads(sys.argv[2]), open(sys.argv[3], "rb").read()
+stub = pbg.GRPCInferenceServiceStub(grpc.insecure_channel(address))
+Tensor, Contents = pb.ModelInferRequest.InferInputTensor, pb.InferTensorContents
+answers = []
+for tensor in (
+    Tensor(name="pixels", datatype="INT32", shape=[1, 784], contents=Contents(int_contents=pixels)),
+    Tensor(name="images", datatype="BYTES", shape=[1], contents=Contents(bytes_contents=[png])),
+):
+    r = stub.ModelInfer(pb.ModelInferRequest(model_name="mnist", inputs=[tensor]))
+    out = {o.name: o for o in r.outputs}
+    answers.append({"probabilities": list(out["probabilities"].contents.fp32_contents),
+                    "digits": list(out["digits"].contents.int64_contents)})
+try:
+    stub.ModelInfer(pb.ModelInferRequest(model_name="mnist", inputs=[Tensor(name="x", datatype="INT32", shape=[1])]))
+except grpc.RpcError as e:
+    answers.append({"code": e.code().name, "details": e.details()})
+print(json.dumps(answers))
+"""
