@@ -138,14 +138,19 @@ def decode_image(
 
 
 def _grey(img: Any) -> Any:
-    """An opened image, upright, in grey ("L"). Transparent pixels (whatever colour they hold:
-    drawing apps store black or white there) become white under dark strokes and black under
-    light ones, judged by the mean grey of the pixels at least half opaque; ``convert("L")``
-    alone drops the alpha, so black strokes on a transparent canvas read as an all-black image."""
+    """An opened image, upright, in grey ("L"), its transparent pixels (whatever colour they hold:
+    drawing apps store black or white there) made paper. ``convert("L")`` alone drops the alpha,
+    so black strokes on a transparent canvas read as an all-black image. The paper's colour:
+
+    * where what is opaque is a large part of the image (30 % or more) in two greys, it is paper
+      and strokes (a canvas with a transparent margin): the margin takes the paper's, the commoner
+      (the median grey of the opaque pixels);
+    * else it is the strokes alone: the paper is white under dark strokes, black under light ones."""
     from PIL import Image, ImageOps, ImageStat
 
     try:
-        img = ImageOps.exif_transpose(img)
+        if img.getexif().get(0x0112, 1) != 1:  # turned: a copy, upright (none made otherwise)
+            img = ImageOps.exif_transpose(img)
     except Exception:  # unreadable EXIF: the pixels are still good, as stored
         pass
     if img.mode in ("P", "PA", "LA", "La", "RGBa") or "transparency" in img.info:
@@ -155,10 +160,21 @@ def _grey(img: Any) -> Any:
     grey, alpha = img.convert("L"), img.getchannel("A")
     if alpha.getextrema()[0] == 255:  # an alpha channel with nothing transparent
         return grey
-    seen = alpha.point(lambda a: 255 if a >= 128 else 0)  # the strokes (histograms in C: no copy as floats)
-    ink = ImageStat.Stat(grey, mask=seen).mean[0] if seen.getextrema()[1] else 0.0
-    background = Image.new("L", img.size, 255 if ink < 128 else 0)
-    return Image.composite(grey, background, alpha)
+    scale = max(1, max(img.size) // 256)  # the statistics from at most 256 pixels a side
+    small_grey, small_alpha = (grey, alpha) if scale == 1 else (grey.reduce(scale), alpha.reduce(scale))
+    opaque = small_alpha.point(lambda a: 255 if a >= 128 else 0)
+    if not opaque.getextrema()[1]:
+        paper = 0  # nothing drawn: black, as MNIST's background
+    else:
+        seen = ImageStat.Stat(small_grey, mask=opaque)
+        share = ImageStat.Stat(opaque).mean[0] / 255
+        if share >= 0.3 and seen.stddev[0] >= 32:  # paper and strokes: the paper is the commoner
+            paper = int(seen.median[0])
+        else:  # strokes alone
+            paper = 255 if seen.mean[0] < 128 else 0
+    out = Image.new("L", img.size, paper)
+    out.paste(grey, mask=alpha)
+    return out
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

@@ -39,6 +39,15 @@ def test_black_strokes_on_a_transparent_canvas_read_as_on_paper(digit):
         assert np.array_equal(got, _on_paper(digit)), hidden
 
 
+def test_anti_aliased_strokes_that_fade_to_white_under_the_transparency(digit):
+    """Edges half transparent and half grey (the stroke blended with the white stored beneath)."""
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., :3] = (255 - digit)[..., None]
+    rgba[..., 3] = digit
+    got = decode_image(_encode(Image.fromarray(rgba, "RGBA")), invert=True).pixels.astype(int)
+    assert np.abs(got - _on_paper(digit).astype(int)).max() <= 128 and got[0, 0] == 0 and got[digit == 255].min() == 255
+
+
 def test_white_strokes_on_a_transparent_canvas_read_as_white_on_black(digit):
     rgba = np.full((28, 28, 4), 255, np.uint8)
     rgba[..., 3] = digit
@@ -70,3 +79,27 @@ def test_a_photo_stored_sideways_is_turned_upright_by_its_exif_orientation(digit
     want = decode_image(_encode(upright, "JPEG", quality=100)).pixels.astype(int)
     assert np.abs(got - want).max() <= 8  # JPEG's rounding; sideways, the 7 differs by far more
     assert np.abs(decode_image(_encode(stored, "JPEG", quality=100)).pixels.astype(int) - want).max() > 100
+
+
+def test_a_canvas_with_a_transparent_margin_keeps_its_paper_colour(digit):
+    """An opaque white canvas, black digit, in a transparent margin stored as white: the margin
+    is the canvas's paper, not a frame of ink."""
+    side = 40
+    rgba = np.zeros((side, side, 4), np.uint8)
+    rgba[..., :3] = 255  # what the transparent margin stores
+    inner = np.full((28, 28, 3), 255, np.uint8)
+    inner[digit > 0] = 0
+    rgba[6:34, 6:34, :3] = inner
+    rgba[6:34, 6:34, 3] = 255  # the canvas is opaque, the margin transparent
+    paper = np.full((side, side), 255, np.uint8)
+    paper[6:34, 6:34] = inner[..., 0]
+    got = decode_image(_encode(Image.fromarray(rgba, "RGBA")), invert=True).pixels
+    assert np.array_equal(got, decode_image(_encode(Image.fromarray(paper, "L")), invert=True).pixels)
+
+
+def test_a_large_transparent_drawing_is_read_like_a_small_one(digit):
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    rgba[..., 3] = digit  # black strokes on a transparent canvas
+    big = Image.fromarray(rgba, "RGBA").resize((2048, 2048), Image.Resampling.NEAREST)
+    got = decode_image(_encode(big), invert=True).pixels.astype(int)
+    assert np.abs(got - _on_paper(digit).astype(int)).mean() < 8  # resampled from 2048 px, same digit
