@@ -114,7 +114,9 @@ class _Deadlines:
     trips it) or a check between reads does not bound a body's time. One daemon thread per worker
     process shuts the reading side of each client socket still being read past its deadline,
     every ``PERIOD`` seconds; the blocked ``recv()`` returns at once and the request is answered
-    408. A request only puts its socket in a dict and takes it out: no thread is woken for it."""
+    408. A request only puts its socket in a dict and takes it out, under a lock the thread holds
+    while it shuts sockets (so it never shuts one a request has finished with): no thread is woken
+    for it."""
 
     PERIOD = 0.25
 
@@ -135,11 +137,15 @@ class _Deadlines:
         self._start()
         before = sock.gettimeout()
         sock.settimeout(seconds)
-        self._watched[id(sock)] = (deadline, sock)
+        entry = (deadline, sock)
+        with self._lock:
+            self._watched[id(sock)] = entry
         try:
             yield deadline
         finally:
-            self._watched.pop(id(sock), None)
+            with self._lock:  # after this, the thread cannot shut the socket for this request
+                if self._watched.get(id(sock)) is entry:
+                    del self._watched[id(sock)]
             sock.settimeout(before)
 
     def _start(self) -> None:
@@ -156,12 +162,14 @@ class _Deadlines:
         while True:
             time.sleep(self.PERIOD)
             now = time.monotonic()
-            for key, (deadline, sock) in list(self._watched.items()):
-                if deadline <= now and self._watched.pop(key, None) is not None:
-                    try:
-                        sock.shutdown(socket.SHUT_RD)
-                    except OSError:  # the client has gone already
-                        pass
+            with self._lock:  # a request's entry and its socket, as they are now (not a stale copy)
+                for key, (deadline, sock) in list(self._watched.items()):
+                    if deadline <= now:
+                        del self._watched[key]
+                        try:
+                            sock.shutdown(socket.SHUT_RD)
+                        except OSError:  # the client has gone already
+                            pass
 
 
 _deadlines = _Deadlines()

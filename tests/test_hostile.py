@@ -214,7 +214,7 @@ def test_a_body_trickling_in_is_cut_off_at_its_deadline_inside_gunicorns_reader(
             )
         took = time.monotonic() - started
         stop.set()
-        assert 1.0 <= took < 2.0, took  # at the deadline (checked every 0.25 s), not after the 45 s the body takes
+        assert 1.0 <= took < 3.0, took  # at the deadline (checked every 0.25 s), not after the 45 s the body takes
         assert server.gettimeout() == 7.0
 
 
