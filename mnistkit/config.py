@@ -18,15 +18,27 @@ from typing import Any
 from .errors import ConfigError
 from .files import write_atomic
 
-__all__ = ["TrainConfig", "Option", "OPTIONS", "flag", "OPTIMIZERS", "SCHEDULERS", "PRECISIONS", "RECIPES", "PLACEMENT"]
+__all__ = [
+    "TrainConfig",
+    "Option",
+    "OPTIONS",
+    "flag",
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "PRECISIONS",
+    "RECIPES",
+    "PLACEMENT",
+    "MACHINE",
+]
 
 OPTIMIZERS = ("sgd", "adam", "adadelta")
 SCHEDULERS = ("none", "step", "cosine", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16")
 #: Fields that say where a run goes rather than how it trains: a search decides them.
 PLACEMENT = ("output_dir", "run_name")
-#: the keys of a run folder's config.json: the TrainConfig under "config", and what it ran on
-RUN_RECORD = frozenset({"config", "device", "bf16", "threads", "pid", "versions"})
+#: Fields that belong to the machine a run went on, not to its training: a saved config's are
+#: not carried to another run (``mnistkit-train --config``).
+MACHINE = (*PLACEMENT, "data_dir")
 
 
 def _opt(default: Any, help: str, *, choices: Sequence[str] | None = None, env: str | None = None) -> Any:
@@ -124,7 +136,9 @@ class TrainConfig:
         version)."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"a training config is a JSON object, not {type(data).__name__}")
-        if isinstance(data.get("config"), Mapping) and set(data) <= RUN_RECORD:
+        if isinstance(
+            data.get("config"), Mapping
+        ):  # a run's record ("config" is no option); the rest says where it ran
             data = data["config"]
         unknown = sorted(set(data) - set(OPTIONS))
         if unknown:
@@ -134,6 +148,8 @@ class TrainConfig:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "TrainConfig":
         """From a file ``save`` wrote, a run folder's ``config.json``, or the run folder."""
+        if not os.fspath(path):
+            raise ConfigError("the training config path is empty: name a run folder or a config file")
         if Path(path).is_dir():
             path = Path(path) / "config.json"
         try:

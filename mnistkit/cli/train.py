@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..config import OPTIONS, PLACEMENT, RECIPES, TrainConfig
+from ..config import MACHINE, OPTIONS, RECIPES, TrainConfig
 from ..errors import ConfigError
 from ._common import errors_to_exit, given_on_command_line, setup_logging, table_options, verbosity
 
@@ -29,8 +29,9 @@ _SEARCH_OWN = ("output_dir", "train_samples", "test_samples", "data_dir", "run_n
     "--config",
     "config_path",
     type=click.Path(),
-    help="Start from a saved configuration: a run folder (its config.json) or a TrainConfig file. "
-    "Flags given beside it win; the run goes to --output-dir under a new name unless --run-name is given.",
+    help="Train again from a saved configuration: a run folder (its config.json) or a TrainConfig file. "
+    "Flags given beside it change its values; the run goes to --output-dir under a new name unless "
+    "--run-name is given, and reads MNIST from this machine's --data-dir.",
 )
 @click.option(
     "--import-legacy",
@@ -135,9 +136,9 @@ def _base(recipe: str | None, config_path: str | None) -> dict[str, Any]:
     the flags given on the command line."""
     options = click.get_current_context().params
     explicit = {n: options[n] for n in given_on_command_line(OPTIONS)}
-    if config_path:
+    if config_path is not None:  # where it ran (folders, data) stays this machine's
         saved = TrainConfig.load(config_path).to_json()
-        return {**{n: v for n, v in saved.items() if n not in PLACEMENT}, **explicit}
+        return {**{n: v for n, v in saved.items() if n not in MACHINE}, **explicit}
     return {**RECIPES.get(recipe or "", {}), **explicit}
 
 
@@ -147,7 +148,7 @@ def _check_flags(
     """Flags that would be ignored without a word, or fight each other. --config holds every
     training value: a recipe, a search or an import beside it would fight it."""
     _check_search_flags(polyaxonfile, export_path)
-    if config_path:
+    if config_path is not None:
         other = "--recipe" if recipe else "-f" if polyaxonfile else "--import-legacy" if legacy else None
         if other:
             raise ConfigError(f"--config and {other} cannot be used together: give flags beside --config to change it")

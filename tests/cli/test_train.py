@@ -201,8 +201,9 @@ def test_a_run_folder_reproduces_its_run_with_config(tmp_path):
         (["--config", "{list}"], "a training config is a JSON object, not list"),
         (["--config", "{good}", "--recipe", "fast99"], "--config and --recipe cannot be used together"),
         (["--config", "{good}", "-f", "{good}"], "--config and -f cannot be used together"),
+        (["--config", ""], "the training config path is empty"),
     ],
-    ids=["missing", "unknown key", "not an object", "with --recipe", "with -f"],
+    ids=["missing", "unknown key", "not an object", "with --recipe", "with -f", "empty"],
 )
 def test_a_config_that_cannot_be_used_is_one_line(tmp_path, args, says):
     files = {"bad": {"config": {"epochs": 1, "learning_rate": 0.1}}, "list": [1], "good": {"epochs": 1}}
@@ -212,3 +213,23 @@ def test_a_config_that_cannot_be_used_is_one_line(tmp_path, args, says):
     result = CliRunner(mix_stderr=False).invoke(train_main, [a.format(**paths) for a in args])
     assert result.exit_code == 1 and says in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_saved_config_keeps_its_training_not_its_places(tmp_path, monkeypatch):
+    """--config FILE from another machine: its run name, output and data folders stay behind;
+    the data comes from this machine's MNISTKIT_DATA_DIR."""
+    from mnistkit.config import TrainConfig
+
+    saved = TrainConfig(
+        epochs=1, train_samples=500, test_samples=200, run_name="theirs", output_dir="/nowhere", data_dir="/their/data"
+    )
+    saved.save(tmp_path / "theirs.json")
+    monkeypatch.setenv("MNISTKIT_DATA_DIR", str(REPO / "examples" / "data"))
+    result = CliRunner(mix_stderr=False).invoke(
+        train_main, ["--config", str(tmp_path / "theirs.json"), "--output-dir", str(tmp_path / "here"), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    run_id = json.loads(result.stdout)["run_id"]
+    config = json.loads((tmp_path / "here" / run_id / "config.json").read_text())["config"]
+    assert run_id != "theirs" and config["data_dir"] == str(REPO / "examples" / "data")
+    assert (config["epochs"], config["train_samples"], config["test_samples"]) == (1, 500, 200)
