@@ -368,6 +368,7 @@ def _fit(config: TrainConfig, data: MNISTData | None, on_epoch: Callable[[EpochM
     # (atomics) unless asked for deterministic ones: on the CPU, ask; restored afterwards.
     mkldnn_deterministic = bool(torch.backends.mkldnn.deterministic)
     torch.backends.mkldnn.deterministic = mkldnn_deterministic or run.device.type == "cpu"  # type: ignore[assignment]
+    epoch = 0
     try:
         for epoch in range(1, config.epochs + 1):
             t0 = time.perf_counter()
@@ -377,7 +378,7 @@ def _fit(config: TrainConfig, data: MNISTData | None, on_epoch: Callable[[EpochM
     except BaseException:
         torch.backends.mkldnn.deterministic = mkldnn_deterministic  # type: ignore[assignment]
         run.tracker.close()  # before the folder may go
-        _stopped(run)
+        _stopped(run, epoch)
         raise
     torch.backends.mkldnn.deterministic = mkldnn_deterministic  # type: ignore[assignment]
     run.tracker.close()
@@ -401,7 +402,7 @@ def _fit(config: TrainConfig, data: MNISTData | None, on_epoch: Callable[[EpochM
     return result
 
 
-def _stopped(run: _Run) -> None:
+def _stopped(run: _Run, epoch: int) -> None:
     """A run that stopped early (Ctrl-C, a diverged loss, a full disk): a run folder without a
     saved model is removed, so nothing half-made is left; one whose best epoch so far was saved
     (atomically, a complete model) is kept, without result.json (it did not finish), and said so."""
@@ -411,7 +412,7 @@ def _stopped(run: _Run) -> None:
         return
     log.warning(
         "stopped during epoch %d: the best epoch so far (%d, accuracy %.2f%%) is kept in %s",
-        len(run.history) + 1,
+        epoch,
         best.epoch,
         100 * best.test_accuracy,
         run.run_dir / "model",

@@ -495,3 +495,19 @@ def test_the_edge_turns_only_expected_failures_into_a_line(raised, one_line):
     else:
         assert r.exit_code == 1 and r.stderr.splitlines() == [r.stderr.splitlines()[0]]
         assert r.stderr.startswith(one_line)
+
+
+def test_a_disk_that_fills_at_the_second_save_keeps_the_first_model(disk):
+    """A real tmpfs with room for the first epoch's model but not for the second beside it: the
+    command fails in one line, the run folder keeps epoch 1's complete model (it loads, its
+    manifest says epoch 1), and the warning names the epoch that was saved."""
+    from mnistkit.artifact import load_model
+
+    out = disk(free_kib=140)
+    args = ["--epochs", "2", "--train-samples", "1000", "--test-samples", "500", "--lr", "0.05", "--momentum", "0.9"]
+    result = CliRunner(mix_stderr=False).invoke(train_main, [*args, "--output-dir", str(out), "--run-name", "r"])
+    assert result.exit_code == 1 and "the disk is full" in result.stderr and "Traceback" not in result.stderr
+    manifest = json.loads((out / "r" / "model" / "manifest.json").read_text())
+    assert manifest["metrics"]["epoch"] == 1  # epoch 2 improved (0.56 -> 0.68 here) but could not be saved
+    load_model(out / "r" / "model")
+    assert "stopped during epoch 2: the best epoch so far (1," in result.stderr, result.stderr
