@@ -5,10 +5,20 @@ loopback, and mnistkit's builder image (cached under .mnistkit/ between runs).""
 from __future__ import annotations
 
 import shutil
+import signal
 
 import pytest
 
 from support import CANARY, HOME, USER, free_port
+
+
+def pytest_configure(config):
+    """The Ctrl-C tests send SIGINT to the processes they start. A suite started in the
+    background by a shell without job control (`make test &`, nohup, some CI runners) inherits
+    SIGINT ignored, and so would every process it starts: those SIGINTs would go unheard. A
+    handler here is reset to the default in each process the suite starts."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
