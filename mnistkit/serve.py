@@ -383,6 +383,49 @@ class DrainingSyncWorker(SyncWorker):  # type: ignore[misc]
                 raise
 
 
+class _LateHandOver:
+    """Hands a worker's counters to Seldon when its traffic stops. ``MnistModel`` hands them over
+    on a request at most once per interval, and Seldon asks only after a prediction that
+    succeeded, so a burst's last counts (and refused requests) would wait for the worker's next
+    good request: forever, if none comes. A daemon thread per worker, started by its first
+    request, hands over what is pending once per interval; the model's lock and Seldon's metrics
+    lock keep it apart from the requests' own hand-overs."""
+
+    def __init__(self, model: Any, seldon_metrics: Any) -> None:
+        self.model, self.seldon_metrics = model, seldon_metrics
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def wrap(self, wsgi_app: Callable[..., Any]) -> Callable[..., Any]:
+        def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+            if self._thread is None or not self._thread.is_alive():  # (a forked worker has none yet)
+                self._start()
+            return wsgi_app(environ, start_response)
+
+        return app
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="mnistkit-metrics", daemon=True)
+                self._thread.start()
+
+    def _run(self) -> None:
+        from seldon_core.user_model import SeldonNotImplementedError
+
+        while True:
+            time.sleep(self.model.metrics_interval)
+            try:
+                metrics = self.model.metrics()
+            except SeldonNotImplementedError:  # a request handed them over within the interval
+                continue
+            if metrics:
+                try:
+                    self.seldon_metrics.update(metrics, "predict")
+                except Exception as e:  # Seldon's metrics store gone (the worker is stopping)
+                    log.warning("could not hand %d counters over to Seldon: %s", len(metrics), e)
+
+
 class HolderSafeLock:
     """A lock between the processes forked from one parent that the kernel releases when its
     holder dies: ``flock`` on a file that each process opens for itself (a lock belongs to an
@@ -491,7 +534,10 @@ def install() -> None:
     limits = GuardLimits.from_settings()
 
     def get_rest_microservice(user_model: Any, seldon_metrics: Any) -> Any:
-        return guard_app(original(user_model, seldon_metrics), limits)
+        app = guard_app(original(user_model, seldon_metrics), limits)
+        if 0 < getattr(user_model, "metrics_interval", 0) < 86400:  # mnistkit's model, counters held between hand-overs
+            app.wsgi_app = _LateHandOver(user_model, seldon_metrics).wrap(app.wsgi_app)
+        return app
 
     get_rest_microservice.mnistkit_guarded = True  # type: ignore[attr-defined]
     wrapper.get_rest_microservice = get_rest_microservice

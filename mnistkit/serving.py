@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any, NoReturn
@@ -78,6 +79,7 @@ class MnistModel:
         self._predictor: Any = None
         self._pending = np.zeros(10, dtype=np.int64)  # predictions per digit since last metrics()
         self._refused = 0
+        self._counts = threading.Lock()  # the request and mnistkit.serve's late hand-over both count
         log.info("mnistkit model %s (sha256 %s) ready to load", self.model_path, self.artifact_sha256[:12])
 
     # -- Seldon hooks -----------------------------------------------------------------
@@ -125,7 +127,8 @@ class MnistModel:
     def predict_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """Validated ``(n, 28, 28)`` pixels 0..255 -> probabilities ``(n, 10)``, counted."""
         out = self._infer(pixels)
-        np.add.at(self._pending, out.argmax(axis=1), 1)
+        with self._counts:
+            np.add.at(self._pending, out.argmax(axis=1), 1)
         return out
 
     def _infer(self, pixels: np.ndarray) -> np.ndarray:
@@ -157,21 +160,22 @@ class MnistModel:
         """Counters since the last hand-over: predictions per digit, refused requests.
 
         Between hand-overs it says "not implemented", which makes Seldon skip its update."""
-        now = time.monotonic()
-        if now - self._last_flush < self.metrics_interval:
-            from seldon_core.user_model import SeldonNotImplementedError
+        with self._counts:
+            now = time.monotonic()
+            if now - self._last_flush < self.metrics_interval:
+                from seldon_core.user_model import SeldonNotImplementedError
 
-            raise SeldonNotImplementedError("metrics are handed over once per interval")
-        self._last_flush = now
-        out = [
-            {"type": "COUNTER", "key": "mnistkit_predictions_total", "value": int(v), "tags": {"digit": str(d)}}
-            for d, v in enumerate(self._pending)
-            if v
-        ]
-        if self._refused:
-            out.append({"type": "COUNTER", "key": "mnistkit_refused_total", "value": self._refused})
-        self._pending[:] = 0
-        self._refused = 0
+                raise SeldonNotImplementedError("metrics are handed over once per interval")
+            self._last_flush = now
+            out = [
+                {"type": "COUNTER", "key": "mnistkit_predictions_total", "value": int(v), "tags": {"digit": str(d)}}
+                for d, v in enumerate(self._pending)
+                if v
+            ]
+            if self._refused:
+                out.append({"type": "COUNTER", "key": "mnistkit_refused_total", "value": self._refused})
+            self._pending[:] = 0
+            self._refused = 0
         return out
 
     def health_status(self) -> np.ndarray:
@@ -212,7 +216,8 @@ class MnistModel:
     def _refuse(self, message: str) -> NoReturn:
         from seldon_core.flask_utils import SeldonMicroserviceException
 
-        self._refused += 1
+        with self._counts:
+            self._refused += 1
         raise SeldonMicroserviceException(message, status_code=400, reason="MNISTKIT_BAD_INPUT")
 
     def _check_bindata(self, value: Any) -> None:

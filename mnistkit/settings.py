@@ -72,8 +72,8 @@ class Settings:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)} must be at least 1")
         if not 0 < self.body_timeout < 86400:  # (and not NaN)
             raise ConfigError(f"{ENV_PREFIX}BODY_TIMEOUT={self.body_timeout} must be more than 0 and under a day")
-        if self.metrics_interval < 0:
-            raise ConfigError(f"{ENV_PREFIX}METRICS_INTERVAL={self.metrics_interval} must be 0 or more")
+        if not 0 <= self.metrics_interval < 86400:  # (and not NaN)
+            raise ConfigError(f"{ENV_PREFIX}METRICS_INTERVAL={self.metrics_interval} must be 0 or more, under a day")
         return self
 
     @property

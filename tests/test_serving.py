@@ -194,3 +194,33 @@ def test_metadata_health_and_metrics(server, model):
     post(server, "/predict", {"data": {"ndarray": [[0] * 784]}})  # flushes the refused count
     text = requests.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).text
     assert "mnistkit_predictions_total" in text and "mnistkit_refused_total" in text
+
+
+def _counter(text: str, name: str) -> float:
+    """The sum of a Prometheus counter's samples (every label set) in an exposition ``text``."""
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + "{"))
+
+
+@pytest.mark.server
+def test_a_bursts_last_counts_reach_seldon_without_more_traffic(trained_run, tmp_path):
+    """The launcher (as the image runs it), one worker, counters handed over once a second: 5
+    predictions and a refused request in a burst, then silence. Before, only the first
+    prediction reached Seldon's metrics (the rest waited for a next request that never came)."""
+    import sys
+    import time
+
+    service = start_microservice(
+        command=[sys.executable, "-m", "mnistkit.serve"],
+        env={"MNISTKIT_MODEL": str(trained_run.artifact), "MNISTKIT_METRICS_INTERVAL": "1"},
+        cwd=tmp_path,
+    )
+    try:
+        for _ in range(5):
+            assert post(service, "/api/v1.0/predictions", {"data": {"ndarray": [[0] * 784]}}).status_code == 200
+        assert post(service, "/api/v1.0/predictions", {"data": {"ndarray": [[999] * 784]}}).status_code == 400
+        time.sleep(2.5)  # two intervals, no requests
+        text = requests.get(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=5).text
+        assert _counter(text, "mnistkit_predictions_total") == 5, text[-2000:]
+        assert _counter(text, "mnistkit_refused_total") == 1
+    finally:
+        service.stop()

@@ -36,6 +36,7 @@ def test_a_bad_value_names_the_variable(monkeypatch):
         ("MNISTKIT_THREADS", "-3", "MNISTKIT_THREADS=-3 must be at least 1"),
         ("MNISTKIT_MAX_BATCH", "0", "MNISTKIT_MAX_BATCH=0 must be at least 1"),
         ("MNISTKIT_METRICS_INTERVAL", "-1", "MNISTKIT_METRICS_INTERVAL=-1.0 must be 0 or more"),
+        ("MNISTKIT_METRICS_INTERVAL", "inf", "MNISTKIT_METRICS_INTERVAL=inf must be 0 or more, under a day"),
         ("MNISTKIT_BODY_TIMEOUT", "0", "MNISTKIT_BODY_TIMEOUT=0.0 must be more than 0 and under a day"),
         ("MNISTKIT_BODY_TIMEOUT", "nan", "MNISTKIT_BODY_TIMEOUT=nan must be more than 0"),
         ("MNISTKIT_BODY_TIMEOUT", "inf", "MNISTKIT_BODY_TIMEOUT=inf must be more than 0"),
