@@ -108,7 +108,29 @@ def _error(start_response: Callable[..., Any], status: str, info: str, reason: s
     return [body]
 
 
-class _Deadlines:
+class _WorkerThread:
+    """A daemon thread each worker process starts when it first needs it (a forked worker has
+    none yet: threads do not survive fork), running ``run``."""
+
+    name = "mnistkit"
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive():
+            return
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self.run, name=self.name, daemon=True)
+                self._thread.start()
+
+    def run(self) -> None:
+        raise NotImplementedError
+
+
+class _Deadlines(_WorkerThread):
     """Ends bodies that arrive too slowly. gunicorn's body reader loops over ``recv()`` until it
     has every byte it was asked for, so a socket timeout (per ``recv``: a byte every 29 s never
     trips it) or a check between reads does not bound a body's time. One daemon thread per worker
@@ -119,11 +141,11 @@ class _Deadlines:
     for it."""
 
     PERIOD = 0.25
+    name = "mnistkit-body-deadlines"
 
     def __init__(self) -> None:
+        super().__init__()
         self._watched: dict[int, tuple[float, Any]] = {}
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
 
     @contextmanager
     def watch(self, environ: dict[str, Any], seconds: float) -> Iterator[float]:
@@ -134,7 +156,7 @@ class _Deadlines:
         if sock is None:
             yield deadline
             return
-        self._start()
+        self.start()
         before = sock.gettimeout()
         sock.settimeout(seconds)
         entry = (deadline, sock)
@@ -148,15 +170,7 @@ class _Deadlines:
                     del self._watched[id(sock)]
             sock.settimeout(before)
 
-    def _start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():  # (a forked worker has none yet)
-            return
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="mnistkit-body-deadlines", daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
+    def run(self) -> None:
         import socket
 
         while True:
@@ -383,7 +397,7 @@ class DrainingSyncWorker(SyncWorker):  # type: ignore[misc]
                 raise
 
 
-class _LateHandOver:
+class _LateHandOver(_WorkerThread):
     """Hands a worker's counters to Seldon when its traffic stops. ``MnistModel`` hands them over
     on a request at most once per interval, and Seldon asks only after a prediction that
     succeeded, so a burst's last counts (and refused requests) would wait for the worker's next
@@ -391,26 +405,20 @@ class _LateHandOver:
     request, hands over what is pending once per interval; the model's lock and Seldon's metrics
     lock keep it apart from the requests' own hand-overs."""
 
+    name = "mnistkit-metrics"
+
     def __init__(self, model: Any, seldon_metrics: Any) -> None:
+        super().__init__()
         self.model, self.seldon_metrics = model, seldon_metrics
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
 
     def wrap(self, wsgi_app: Callable[..., Any]) -> Callable[..., Any]:
         def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-            if self._thread is None or not self._thread.is_alive():  # (a forked worker has none yet)
-                self._start()
+            self.start()
             return wsgi_app(environ, start_response)
 
         return app
 
-    def _start(self) -> None:
-        with self._lock:
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="mnistkit-metrics", daemon=True)
-                self._thread.start()
-
-    def _run(self) -> None:
+    def run(self) -> None:
         from seldon_core.user_model import SeldonNotImplementedError
 
         while True:
