@@ -39,12 +39,16 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from gunicorn.workers.sync import SyncWorker
+warnings.filterwarnings(
+    "ignore", "pkg_resources is deprecated", UserWarning
+)  # gunicorn 20.1 imports it; nothing to act on
+from gunicorn.workers.sync import SyncWorker  # noqa: E402
 
 __all__ = ["DrainingSyncWorker", "Guard", "GuardLimits", "HolderSafeLock", "guard_app", "install", "json_depth", "main"]
 
@@ -553,13 +557,21 @@ def install() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``seldon-core-microservice`` with the guard installed; the same arguments."""
-    os.environ.setdefault("GRPC_WORKERS", "0")
-    install()
-    import seldon_core.microservice as microservice
+    """``seldon-core-microservice`` with the guard installed; the same arguments. A setting or a
+    model that cannot serve (a bad ``MNISTKIT_*`` value, no model at ``MNISTKIT_MODEL``) is one
+    ``Error:`` line and exit 1, as in mnistkit's commands."""
+    from .errors import MnistkitError
 
-    sys.argv = ["seldon-core-microservice", *(sys.argv[1:] if argv is None else argv)]
-    microservice.main()
+    os.environ.setdefault("GRPC_WORKERS", "0")
+    try:
+        install()
+        import seldon_core.microservice as microservice
+
+        sys.argv = ["seldon-core-microservice", *(sys.argv[1:] if argv is None else argv)]
+        microservice.main()
+    except MnistkitError as e:
+        print(f"Error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

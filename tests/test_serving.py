@@ -224,3 +224,31 @@ def test_a_bursts_last_counts_reach_seldon_without_more_traffic(trained_run, tmp
         assert _counter(text, "mnistkit_refused_total") == 1
     finally:
         service.stop()
+
+
+@pytest.mark.parametrize(
+    "env, says",
+    [
+        ({"MNISTKIT_MODEL": "{tmp}/nope"}, "cannot serve: no model at"),
+        ({"MNISTKIT_BODY_TIMEOUT": "abc"}, "MNISTKIT_BODY_TIMEOUT='abc' is not a valid float"),
+        ({"MNISTKIT_BODY_TIMEOUT": "0"}, "MNISTKIT_BODY_TIMEOUT=0.0 must be more than 0"),
+    ],
+    ids=["no model", "not a number", "zero"],
+)
+def test_the_launcher_refuses_what_cannot_serve_in_one_line(trained_run, tmp_path, env, says):
+    """python -m mnistkit.serve (what the image runs): one Error: line, exit 1, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    full = {
+        **os.environ,
+        "MNISTKIT_MODEL": str(trained_run.artifact),
+        **{k: v.format(tmp=tmp_path) for k, v in env.items()},
+    }
+    cmd = [sys.executable, "-m", "mnistkit.serve", "mnistkit.serving.MnistModel", "--service-type", "MODEL"]
+    proc = subprocess.run(cmd, env=full, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1 and says in errors[0] and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "pkg_resources is deprecated" not in proc.stderr
