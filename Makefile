@@ -57,7 +57,7 @@ $(MLS_STAMP): requirements-mlserver.lock pyproject.toml
 	test -x $(MLS)/bin/pip || { rm -rf $(MLS); $(PYTHON) -m venv $(MLS) || { rm -rf $(MLS); exit 1; }; }
 	$(MLS)/bin/python -m pip install -q --disable-pip-version-check -r requirements-mlserver.lock 2>&1 | grep -v "^WARNING: Location" || true
 	$(MLS)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e . 2>&1 | grep -v "^WARNING: Location" || true
-	$(MLS)/bin/python -c "import mlserver, httptools, tritonclient.http, mnistkit.serving_v2"
+	$(MLS)/bin/python -c "import mlserver, httptools, tritonclient.http, onnxruntime, mnistkit.serving_v2"
 	touch $(MLS_STAMP)
 
 # kubernetes-validate needs jsonschema>=4, which seldon-core 1.17.1 forbids: its own venv
