@@ -303,10 +303,11 @@ def _prepare_run(config: TrainConfig, data: MNISTData, run_dir: Path) -> _Run:
     n_train = min(config.train_samples or len(data.train_images), len(data.train_images))
     n_test = min(config.test_samples or len(data.test_images), len(data.test_images))
     log.info(
-        "training on %d images (%d test), %d epochs, batch %d, %s lr %g%s, %s%s",
+        "training on %d images (%d test), %d epoch%s, batch %d, %s lr %g%s, %s%s",
         n_train,
         n_test,
         config.epochs,
+        "" if config.epochs == 1 else "s",
         config.batch_size,
         config.optimizer,
         config.lr,
