@@ -136,9 +136,8 @@ class TrainConfig:
         version)."""
         if not isinstance(data, Mapping):
             raise ConfigError(f"a training config is a JSON object, not {type(data).__name__}")
-        if isinstance(
-            data.get("config"), Mapping
-        ):  # a run's record ("config" is no option); the rest says where it ran
+        # a run's record ("config" is no option); the rest of it says where the run went
+        if isinstance(data.get("config"), Mapping):
             data = data["config"]
         unknown = sorted(set(data) - set(OPTIONS))
         if unknown:

@@ -93,10 +93,6 @@ class Forward:
         return f"<deferred {self._stand_in.__name__}.{self._name}>"
 
 
-def _forward(stand_in: StandIn, name: str) -> Forward:
-    return Forward(stand_in, name)
-
-
 class _DataFrameHint:
     """``PandasCodec.TypeHint``: equal to ``pandas.DataFrame`` without importing pandas (a type
     hint of ``pandas.DataFrame`` exists only once something else has imported pandas)."""
@@ -170,11 +166,11 @@ def _pandas_codec(stand_in: StandIn, name: str) -> type:
 #: module -> the names MLServer 1.7.1 imports from it as it starts, and how each is stood for
 DEFERRED: dict[str, dict[str, Callable[[StandIn, str], Any]]] = {
     "mlserver.codecs.pandas": {"PandasCodec": _pandas_codec},
-    "mlserver.tracing": {"get_tracer_provider": _forward},
-    "opentelemetry.instrumentation.fastapi": {"FastAPIInstrumentor": _forward},
-    "opentelemetry.instrumentation.grpc": {"aio_server_interceptor": _forward, "filters": _forward},
-    "mlserver.kafka": {"KafkaServer": _forward},
-    "mlserver.parallel": {"InferencePoolRegistry": _forward},
+    "mlserver.tracing": {"get_tracer_provider": Forward},
+    "opentelemetry.instrumentation.fastapi": {"FastAPIInstrumentor": Forward},
+    "opentelemetry.instrumentation.grpc": {"aio_server_interceptor": Forward, "filters": Forward},
+    "mlserver.kafka": {"KafkaServer": Forward},
+    "mlserver.parallel": {"InferencePoolRegistry": Forward},
 }
 
 

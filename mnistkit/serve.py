@@ -45,9 +45,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-warnings.filterwarnings(
-    "ignore", "pkg_resources is deprecated", UserWarning
-)  # gunicorn 20.1 imports it; nothing to act on
+# gunicorn 20.1 imports pkg_resources, which warns at every start; nothing a user can act on
+warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
 from gunicorn.workers.sync import SyncWorker  # noqa: E402
 
 __all__ = ["DrainingSyncWorker", "Guard", "GuardLimits", "HolderSafeLock", "guard_app", "install", "json_depth", "main"]
