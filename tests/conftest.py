@@ -66,8 +66,32 @@ def docker_engine():
     from mnistkit.local.dockerd import LocalDocker
 
     engine = LocalDocker(HOME / "docker").start()
+    before = _tags(engine.client())
     yield engine
+    _remove_session_images(engine.client(), before)
     engine.stop()
+
+
+def _tags(client) -> set[str]:
+    return {tag for image in client.images.list() for tag in image.tags}
+
+
+def _remove_session_images(client, before: set[str]) -> None:
+    """The images this session tagged go (model images, registry tags), then what
+    `mnistkit-build prune` removes: builders made from older inputs and untagged layers. The
+    current builders, the base image and the rehearsal's dind stand-in stay for the next
+    session. Without this a checkout's engine grew with every run (170 images, 25 GB, and one
+    CI run out of disk)."""
+    import docker
+    from mnistkit.build.builder_image import BASE_IMAGE, KINDS, image_tag, prune_images
+
+    keep = before | {BASE_IMAGE} | {image_tag(kind) for kind in KINDS.values()}
+    for tag in sorted(t for t in _tags(client) - keep if not t.startswith("mnistkit-rehearsal/")):
+        try:
+            client.images.remove(tag)
+        except docker.errors.APIError as e:  # a container still using it: the next session retries
+            print(f"kept {tag}: {e.explanation or e}")
+    prune_images(client)
 
 
 @pytest.fixture(scope="session")

@@ -60,6 +60,8 @@ __all__ = [
     "ensure_image",
     "provide_image",
     "serve_folder",
+    "stale_images",
+    "prune_images",
 ]
 
 log = logging.getLogger(__name__)
@@ -395,3 +397,42 @@ def ensure_image(client: Any, kind: ImageKind | str, *, cache_dir: Path, base: s
     if _image_exists(client, tag):
         return tag
     return build_kind(client, kind, cache_dir=cache_dir, tag=tag, base=base)
+
+
+def stale_images(client: Any) -> list[str]:
+    """Tags of mnistkit's own images that this mnistkit would not build: a builder, tool or
+    training image made from older inputs (the tag's digest is not the one ``image_tag`` gives
+    now). Model images, base images and other repositories' tags are never stale."""
+    current = {image_tag(kind) for kind in KINDS.values()}
+    repositories = {kind.repository for kind in KINDS.values()}
+    ours = re.compile(rf"(?:{'|'.join(map(re.escape, KINDS))})-[0-9a-f]{{12}}")
+    with engine_errors("listing images"):
+        tags = [tag for image in client.images.list() for tag in image.tags]
+    return sorted(
+        tag
+        for tag in tags
+        if tag not in current and tag.rpartition(":")[0] in repositories and ours.fullmatch(tag.rpartition(":")[2])
+    )
+
+
+def prune_images(client: Any, *, dry_run: bool = False) -> tuple[list[str], int]:
+    """Remove ``stale_images`` and then the engine's untagged (dangling) images; returns the
+    tags removed and the bytes the engine reclaimed. A tag a container still uses is kept,
+    with a warning; ``dry_run`` only lists what would go."""
+    import docker
+
+    stale = stale_images(client)
+    if dry_run:
+        return stale, 0
+    removed = []
+    with engine_errors("removing images"):
+        for tag in stale:
+            try:
+                client.images.remove(tag)
+                removed.append(tag)
+            except docker.errors.ImageNotFound:
+                pass
+            except docker.errors.APIError as e:  # 409: a container uses it
+                log.warning("kept %s: %s", tag, str(e.explanation or e).strip()[:200])
+        reclaimed = client.images.prune(filters={"dangling": True}).get("SpaceReclaimed") or 0
+    return removed, int(reclaimed)

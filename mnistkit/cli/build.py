@@ -30,6 +30,7 @@ def main() -> None:
     \b
       mnistkit-build SOURCE --image NAME:TAG [--smoke-test] [--push]
       mnistkit-build builder [--server mlserver]   build mnistkit's s2i builder image (v1 or V2)
+      mnistkit-build prune                remove builders older mnistkit code made, and untagged images
       mnistkit-build manifests SOURCE     write SeldonDeployment, Argo Workflow, polyaxonfile, PVCs
                                           (--server mlserver: V2, plus a KServe InferenceService)
 
@@ -329,6 +330,33 @@ def builder_cmd(
         if embedded:
             embedded.stop()
     click.echo(f"{built} ({size / 1e6:.0f} MB){where}")
+
+
+@main.command("prune", context_settings=CONTEXT)
+@click.option("--dry-run", is_flag=True, help="Only list the tags that would be removed.")
+@click.option(
+    "--docker-host", help="Docker engine URL (default $DOCKER_HOST, the machine's engine, or an embedded dockerd)."
+)
+@verbosity
+@errors_to_exit
+def prune_cmd(dry_run: bool, docker_host: str | None, verbose: int, quiet: bool) -> None:
+    """Remove mnistkit's builder, tool and training images that this version would not build
+    (made from older Dockerfiles, requirements or code), then the engine's untagged images.
+
+    Model images, base images and other images are kept."""
+    setup_logging(verbose, quiet)
+    from ..build.builder_image import prune_images
+
+    client, embedded = _engine(docker_host)
+    try:
+        removed, reclaimed = prune_images(client, dry_run=dry_run)
+    finally:
+        if embedded:
+            embedded.stop()
+    for tag in removed:
+        click.echo(("would remove " if dry_run else "removed ") + tag)
+    if not dry_run:
+        click.echo(f"{len(removed)} image tag(s) removed, {reclaimed / 1e6:.0f} MB reclaimed")
 
 
 def _read_password() -> str:

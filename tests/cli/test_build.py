@@ -144,3 +144,42 @@ def test_builder_flags_that_contradict_or_are_empty_are_one_line(args, stdin, me
     r = _cli(args, stdin)
     lines = r.stderr.strip().splitlines()
     assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith(f"Error: {message}"), r.stderr
+
+
+def _tiny_image(client, tag: str, label: str) -> str:
+    import io
+
+    dockerfile = f"FROM mnistkit/base:bookworm\nLABEL io.mnistkit.test={label}\n".encode()
+    image, _ = client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True)
+    return image.id
+
+
+def test_prune_removes_stale_builders_and_untagged_images_only(docker_engine, docker_client, builder_image):
+    """`mnistkit-build prune`: a builder tag with a digest this code would not make goes, and
+    so does an untagged image; the current builder, a model image and other tags stay."""
+    import docker
+
+    stale = "mnistkit/builder:seldon-onnx-000000000000"
+    kept = ["mnistkit/mnist:prune-test", "example.org/other/builder:seldon-onnx-000000000000"]
+    _tiny_image(docker_client, stale, "stale")
+    for tag in kept:
+        _tiny_image(docker_client, tag, tag)
+    dangling = _tiny_image(docker_client, "mnistkit-test/retagged:1", "first")
+    _tiny_image(docker_client, "mnistkit-test/retagged:1", "second")  # the first one loses its tag
+    try:
+        dry = _cli(["prune", "--dry-run", "--docker-host", docker_engine.host])
+        assert dry.exit_code == 0, dry.output + dry.stderr
+        assert f"would remove {stale}" in dry.output and builder_image not in dry.output
+        docker_client.images.get(stale)  # still there
+
+        result = _cli(["prune", "--docker-host", docker_engine.host])
+        assert result.exit_code == 0, result.output + result.stderr
+        assert f"removed {stale}" in result.output and "MB reclaimed" in result.output
+        for gone in (stale, dangling):
+            with pytest.raises(docker.errors.ImageNotFound):
+                docker_client.images.get(gone)
+        for tag in (builder_image, *kept, "mnistkit/base:bookworm", "mnistkit-test/retagged:1"):
+            docker_client.images.get(tag)
+    finally:
+        for tag in (*kept, "mnistkit-test/retagged:1"):
+            docker_client.images.remove(tag)

@@ -99,6 +99,7 @@ def node(docker_client, registry, published, tmp_path_factory):
     build_dind_standin(docker_client, client, BASE_IMAGE, HOME)
     yield n
     n.remove_claims()
+    n.remove_images(keep=("docker:", "mnistkit-rehearsal/"))
     engine.stop()
 
 

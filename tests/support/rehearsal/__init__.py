@@ -137,6 +137,18 @@ class Node:
         for v in self.client.volumes.list(filters={"label": "io.mnistkit.rehearsal"}):
             v.remove(force=True)
 
+    def remove_images(self, keep: tuple[str, ...]) -> None:
+        """What the node pulled from this session's registry (a new port each session, so new
+        names each time), and the layers only those used; tags starting with ``keep`` stay."""
+        import docker
+
+        for tag in {t for image in self.client.images.list() for t in image.tags if not t.startswith(keep)}:
+            try:
+                self.client.images.remove(tag)
+            except docker.errors.APIError as e:  # still in use: the next session retries
+                print(f"kept {tag} on the node: {e.explanation or e}")
+        self.client.images.prune(filters={"dangling": True})
+
 
 @dataclass
 class Pod:
