@@ -215,11 +215,11 @@ def model_settings(*, version: str, max_batch: int, uri: str = "./model", name: 
     """The ``model-settings.json`` MLServer reads: the runtime, the artifact and the declared tensors.
 
     ``name`` is always written: Seldon and KServe set ``MLSERVER_MODEL_NAME``, which would
-    otherwise rename the model."""
+    otherwise rename the model. No ``platform``: the runtime sets it when it loads the model, from
+    what serves it (``onnxruntime`` or ``pytorch``)."""
     return {
         "name": name or MODEL_NAME,
         "implementation": "mnistkit.serving_v2.MnistRuntime",
-        "platform": "pytorch",
         "versions": [version],
         **metadata_tensors(max_batch),
         "parameters": {"uri": uri, "version": version, "extra": {"max_batch": max_batch}},

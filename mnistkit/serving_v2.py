@@ -68,7 +68,9 @@ class MnistRuntime(MLModel):  # type: ignore[misc]  # MLServer is untyped here
         if not (np.isfinite(probs).all() and abs(float(probs.sum()) - 1) < 1e-3):
             raise ServingError("cannot serve: the model returned invalid probabilities on the built-in test digit")
         self._predictor = predictor
-        log.info("mnistkit model %s (sha256 %s, %s) ready", model_dir, predictor.sha256[:12], predictor.runtime)
+        # what runs it, as the v1 class says it: the metadata's platform (model-settings.json names none)
+        self._settings.platform = "onnxruntime" if predictor.runtime == "onnx" else "pytorch"
+        log.info("mnistkit model %s (sha256 %s, %s) ready", model_dir, trained[:12], predictor.runtime)
         return True
 
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:

@@ -134,6 +134,7 @@ def test_a_chunked_body_over_the_limit_gets_413(v2):
 def test_metadata_declares_the_tensors(v2, trained_run):
     meta = json.loads(urllib.request.urlopen(v2.url + "/v2/models/mnist").read())
     assert meta["name"] == "mnist" and meta["versions"] == [trained_run.artifact_sha256[:12]]
+    assert meta["platform"] == "pytorch"  # the tiny run has no model.onnx: torch serves it
     assert [(i["name"], i["datatype"]) for i in meta["inputs"]] == [("pixels", "FP32"), ("images", "BYTES")]
     assert [(o["name"], o["datatype"], o["shape"]) for o in meta["outputs"]] == [
         ("probabilities", "FP32", [-1, 10]),

@@ -177,3 +177,15 @@ def test_hostile_payloads_to_the_image_never_get_a_5xx(v2_container):
     assert request(url + "/v2/health/ready", "GET")[0] == 200
     logs = container.logs().decode(errors="replace")
     assert "Traceback" not in logs  # bad input is refused, not crashed on
+
+
+@pytest.mark.server
+def test_the_image_names_its_runtime_and_the_trained_run(v2_container, trained_run):
+    """The metadata's platform is what serves (ONNX Runtime in the default image, not torch), and
+    the log names the trained artifact's sha256, not the image copy's (which adds model.onnx)."""
+    container, url = v2_container
+    status, body, _ = request(url + "/v2/models/mnist", "GET")
+    meta = json.loads(body)
+    assert status == 200 and meta["platform"] == "onnxruntime"
+    assert meta["versions"] == [trained_run.artifact_sha256[:12]]
+    assert f"(sha256 {trained_run.artifact_sha256[:12]}, onnx) ready" in container.logs().decode(errors="replace")
