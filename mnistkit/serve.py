@@ -27,6 +27,7 @@ process waits forever on its gRPC child after SIGTERM.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import fcntl
 import gc
@@ -41,7 +42,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -457,6 +458,14 @@ class HolderSafeLock:
         os.close(fd)
         self._reset()
         os.register_at_fork(after_in_child=self._reset)
+        atexit.register(self._remove, os.getpid())
+
+    def _remove(self, owner: int) -> None:
+        """At exit of the process that made it (not of a worker forked from it: workers that
+        start later still open it by name), the lock file goes."""
+        if os.getpid() == owner:
+            with suppress(OSError):
+                os.unlink(self.path)
 
     def _reset(self) -> None:
         self._threads = threading.Lock()

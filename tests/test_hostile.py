@@ -6,6 +6,7 @@ tests/test_faults.py."""
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -173,6 +174,29 @@ def test_the_metrics_lock_file_goes_to_the_first_folder_that_takes_it(tmp_path):
         pass
     with pytest.raises(OSError):
         HolderSafeLock(folders=(str(tmp_path / "missing"),))
+
+
+def test_the_metrics_lock_file_goes_when_its_maker_exits_and_only_then(tmp_path):
+    """A worker forked from the maker that exits normally (atexit runs there too) leaves the file
+    for the workers that start after it; the maker's own exit removes it."""
+    script = f"""
+import os, sys
+from mnistkit.serve import HolderSafeLock
+lock = HolderSafeLock(folders=({str(tmp_path)!r},))
+print(lock.path, flush=True)
+pid = os.fork()
+if pid == 0:
+    with lock:
+        pass
+    sys.exit(0)
+os.waitpid(pid, 0)
+assert os.path.exists(lock.path), "a worker's exit removed the maker's lock file"
+with lock:
+    pass
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()).parent == tmp_path and list(tmp_path.iterdir()) == []
 
 
 # --- slow bodies ---------------------------------------------------------------------------------
