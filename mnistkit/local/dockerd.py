@@ -125,6 +125,8 @@ class LocalDocker:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another command starting this engine: wait for it, then reuse it
             if not self._answers():
                 self._start(timeout)
+            elif self._orphaned():  # its starter was killed (kill -9): the last user now stops it
+                (self.root / "handover").touch()
             self._user = open(self.root / "users.lock", "a")  # noqa: SIM115  (held until stop)
             fcntl.flock(self._user, fcntl.LOCK_SH)
         return self
@@ -150,6 +152,16 @@ class LocalDocker:
         if exited:
             raise PackagingError(f"dockerd exited at start: {' | '.join(tail)[-400:]}")
         raise PackagingError(f"dockerd did not answer on {self.socket} within {timeout:.0f}s")
+
+    def _orphaned(self) -> bool:
+        """An engine that answers while no command uses it (each holds ``users.lock`` shared,
+        and the kernel drops a killed one's hold) is one whose starter died without stopping it."""
+        with open(self.root / "users.lock", "a") as users:
+            try:
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+        return self._dockerd_pid() is not None
 
     def _dockerd_pid(self) -> int | None:
         """The pidfile's pid when it is a running dockerd (after a reboot it may be any process)."""

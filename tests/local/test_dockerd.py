@@ -4,6 +4,7 @@ leaves behind, two commands starting it at once, and what a stop cleans up."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -77,3 +78,37 @@ def test_two_commands_starting_one_engine_get_one_dockerd_and_the_last_stops_it(
             if p.poll() is None:
                 p.communicate("\n", timeout=60)
     assert all(p.returncode == 0 for p in procs)
+
+
+def test_an_engine_whose_starter_was_killed_is_stopped_by_the_next_user(tmp_path):
+    """kill -9 of the command that started it leaves dockerd running as nobody's. The next
+    command reuses it and, as its last user, stops it (before, it ran until the machine stopped)."""
+    root = tmp_path / "engine"
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from mnistkit.local.dockerd import LocalDocker\n"
+        "LocalDocker(Path(sys.argv[1])).start()\n"
+        "print('started', flush=True)\n"
+        "sys.stdin.readline()\n"
+    )
+    starter = subprocess.Popen(
+        [sys.executable, "-c", code, str(root)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert starter.stdout.readline().strip() == "started"  # type: ignore[union-attr]
+    starter.kill()
+    starter.wait(timeout=30)
+    engine = LocalDocker(root)
+    pid = engine._dockerd_pid()
+    try:
+        assert pid is not None and engine.client().ping()  # orphaned, still serving
+        engine.start()
+        assert engine.proc is None and engine.client().ping()  # reused, not a second dockerd
+    finally:
+        engine.stop()
+        alive = pid is not None and os.path.exists(f"/proc/{pid}")
+        alive = alive and "zombie" not in Path(f"/proc/{pid}/status").read_text()
+        if alive:  # the test failed: no dockerd outlives it
+            os.kill(pid, signal.SIGTERM)
+    assert not alive
+    assert not engine.exec_root.exists() and not (root / "handover").exists()
