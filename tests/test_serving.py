@@ -226,6 +226,43 @@ def test_a_bursts_last_counts_reach_seldon_without_more_traffic(trained_run, tmp
         service.stop()
 
 
+@pytest.mark.server
+def test_counts_are_not_lost_under_load(trained_run, tmp_path):
+    """Three clients for 4 s on one worker, its counters handed over by a request and by the
+    hand-over thread at once: every answered prediction is counted. Before, the two threads
+    each wrote back their own copy of the worker's counters and up to 4 in 10 were lost."""
+    import sys
+    import threading
+    import time
+
+    service = start_microservice(
+        command=[sys.executable, "-m", "mnistkit.serve"],
+        env={"MNISTKIT_MODEL": str(trained_run.artifact), "MNISTKIT_METRICS_INTERVAL": "0.05"},
+        cwd=tmp_path,
+    )
+    answered, until = [], time.monotonic() + 4
+
+    def client() -> None:
+        with requests.Session() as s:
+            n = 0
+            while time.monotonic() < until:
+                r = s.post(service.url + "/api/v1.0/predictions", json={"data": {"ndarray": [[0] * 784]}}, timeout=20)
+                n += r.status_code == 200
+            answered.append(n)
+
+    try:
+        threads = [threading.Thread(target=client) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        time.sleep(1)  # the last hand-over
+        text = requests.get(f"http://127.0.0.1:{service.metrics_port}/metrics", timeout=5).text
+        assert sum(answered) > 100 and _counter(text, "mnistkit_predictions_total") == sum(answered)
+    finally:
+        service.stop()
+
+
 @pytest.mark.parametrize(
     "env, says",
     [
