@@ -244,7 +244,7 @@ class MnistModel:
         if "meta" in request:
             self._check_meta(request["meta"])
         data = request.get("data")
-        if data is not None and "binData" in request:
+        if "data" in request and "binData" in request:
             self._refuse("request has both data and binData; send one")
         if data is None:
             if "binData" in request:
@@ -255,12 +255,14 @@ class MnistModel:
         if not isinstance(data, dict) or not ({"tensor", "ndarray"} & set(data)):
             self._refuse("request data must hold a tensor or an ndarray of pixels")
         if "ndarray" in data:
+            if not isinstance(data["ndarray"], list):
+                self._refuse("data.ndarray must be a list of images (lists of pixels)")
             try:
                 np.asarray(data["ndarray"])
             except ValueError:
                 self._refuse("data.ndarray is ragged; every image must have 784 pixels")
-        tensor = data.get("tensor")
-        if tensor is not None:
+        if "tensor" in data:
+            tensor = data["tensor"]
             if (
                 not isinstance(tensor, dict)
                 or not isinstance(tensor.get("shape"), list)

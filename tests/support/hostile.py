@@ -242,6 +242,9 @@ def _cases() -> dict[str, Request]:
             400, _j({"data": {"ndarray": _image()}, "binData": base64.b64encode(_real_png()).decode()})
         ),
         "?json= that is not JSON": Request(400, method="GET", path="/predict?json=notjson", content_type=None),
+        "data.tensor null": Request(400, _j({"data": {"tensor": None}})),
+        "data.ndarray null": Request(400, _j({"data": {"ndarray": None}})),
+        "data null beside binData": Request(400, _j({"data": None, "binData": base64.b64encode(_real_png()).decode()})),
         "a DDS file as binData": Request(400, _b64(dds())),
         "feedback whose truth does not fit its shape": Request(
             400,
