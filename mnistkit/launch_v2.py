@@ -11,6 +11,7 @@ between processes). Each process:
 * answers with a guard in front of MLServer's app: a body over ``MNISTKIT_MAX_BODY`` (also
   after gzip) gets 413, and schema, JSON and routing errors get V2 ``{"error": ...}`` bodies
   (400/404/405) that never echo the input or a traceback;
+* refuses MLServer's repository API's load and unload (403): the image's model stays loaded;
 * runs with MLServer's ``debug`` off (it defaults to on: access logs and tracebacks), gzip off
   and the ``httptools`` parser;
 * serves the Swagger UI of ``/v2/docs`` (and each model's ``/docs``) from the image, under
@@ -258,6 +259,7 @@ async def _serve(cfg: LaunchConfig, index: int) -> None:
 
     server_settings, models = await _load_settings(cfg.folder)
     server = MLServer(server_settings)
+    _read_only_repository(server)
     app = server._rest_server._app
     _error_handlers(app)
     _offline_docs(app)
@@ -273,6 +275,24 @@ async def _serve(cfg: LaunchConfig, index: int) -> None:
         "timeout_graceful_shutdown": 20,
     }
     await server.start([])
+
+
+def _read_only_repository(server: Any) -> None:
+    """The image serves the model it was built with. MLServer's repository API (REST
+    ``/v2/repository/models/<name>/load|unload``, and gRPC) would let any client unload it from
+    one process, which then answers 404 while its readiness stays 200 and nothing restarts it.
+    Loading and unloading are refused (403) on every route; the index still lists the model."""
+    from mlserver.errors import MLServerError
+
+    async def refuse(name: str) -> bool:
+        raise MLServerError(
+            f"model {name!r} is the one this server was started with; the repository API cannot load or unload "
+            "models here (restart the server to change it)",
+            status_code=403,
+        )
+
+    server._model_repository_handlers.load = refuse
+    server._model_repository_handlers.unload = refuse
 
 
 def _child(cfg: LaunchConfig, index: int) -> int:

@@ -419,12 +419,24 @@ def test_grpc_answers_like_rest_on_the_shared_port(v2, predictor, digits, tmp_pa
         [mlserver_python(), str(tmp_path / "grpc_client.py"), *args], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
-    as_pixels, as_png, refused = json.loads(proc.stdout)
+    as_pixels, as_png, refused, unload = json.loads(proc.stdout)
     want = predictor.predict(digits[:1].astype(np.float32))
     for answer in (as_pixels, as_png):
         assert np.abs(np.asarray(answer["probabilities"]) - want[0]).max() < 1e-5
         assert answer["digits"] == [int(want.argmax())]
     assert refused["code"] == "INVALID_ARGUMENT" and "named 'pixels'" in refused["details"]
+    assert unload["code"] != "OK" and "cannot load or unload" in unload["details"]
+
+
+@pytest.mark.parametrize("action", ["unload", "load"])
+def test_the_repository_api_cannot_unload_the_model(v2, action):
+    """Found by review: one POST to .../unload took the model out of a process, which answered
+    404 to inferences while its readiness stayed 200. Now refused, and every process serves."""
+    status, body, _ = request(f"{v2.url}/v2/repository/models/mnist/{action}", body=b"")
+    assert status == 403 and "cannot load or unload" in json.loads(body)["error"]
+    assert all(request(v2.url + INFER, body=pixels_input(ONE, [1, 784]))[0] == 200 for _ in range(12))
+    status, body, _ = request(f"{v2.url}/v2/repository/index", body=b"{}")
+    assert status == 200 and json.loads(body)[0]["state"] == "READY"
 
 
 @pytest.mark.parametrize(

@@ -121,7 +121,7 @@ HOSTILE = {
 
 
 #: a V2 gRPC client (run with the MLServer venv's Python: ADDRESS PIXELS-JSON PNG-FILE): pixels, a PNG,
-#: then a refused input; prints the answers as JSON
+#: a refused input, then an attempt to unload the model; prints the answers as JSON
 GRPC = """
 import json, sys
 import grpc
@@ -141,6 +141,11 @@ for tensor in (
                     "digits": list(out["digits"].contents.int64_contents)})
 try:
     stub.ModelInfer(pb.ModelInferRequest(model_name="mnist", inputs=[Tensor(name="x", datatype="INT32", shape=[1])]))
+except grpc.RpcError as e:
+    answers.append({"code": e.code().name, "details": e.details()})
+try:
+    stub.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="mnist"))
+    answers.append({"code": "OK"})
 except grpc.RpcError as e:
     answers.append({"code": e.code().name, "details": e.details()})
 print(json.dumps(answers))
