@@ -23,7 +23,15 @@ import numpy as np
 
 from .errors import ArtifactError, ServingError
 
-__all__ = ["Predictor", "TorchPredictor", "OnnxPredictor", "RUNTIMES", "load_predictor", "onnx_session"]
+__all__ = [
+    "Predictor",
+    "TorchPredictor",
+    "OnnxPredictor",
+    "RUNTIMES",
+    "load_predictor",
+    "onnx_session",
+    "resolve_runtime",
+]
 
 RUNTIMES = ("auto", "onnx", "torch")
 
@@ -124,13 +132,42 @@ def _has_onnx(model_dir: Path) -> bool:
     return onnx_record(manifest) is not None  # a record that does not fit its files raises
 
 
-def load_predictor(model_dir: str | os.PathLike[str], *, runtime: str = "auto", threads: int = 1) -> Predictor:
-    """A verified predictor for ``model_dir``. Raises ``ServingError`` saying why it cannot serve."""
+def resolve_runtime(model_dir: str | os.PathLike[str], runtime: str = "auto") -> str:
+    """``onnx`` or ``torch``: what will serve ``model_dir`` for the setting ``runtime``, without
+    loading it. Raises ``ServingError`` when that runtime cannot: not installed, or (onnx) no
+    ``model.onnx`` in the folder. A server checks this before it starts its worker processes,
+    so a wrong setting is one line there, not a traceback in each worker."""
+    import importlib.util
+
+    from .artifact import artifact_dir, onnx_record, read_manifest
+
     if runtime not in RUNTIMES:
         raise ServingError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
+    if runtime == "auto":
+        return "onnx" if _has_onnx(Path(model_dir)) else "torch"
+    if runtime == "torch" and importlib.util.find_spec("torch") is None:
+        raise ServingError("the torch runtime needs torch, which is not installed here; or set MNISTKIT_RUNTIME=onnx")
+    if runtime == "onnx":
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise ServingError(
+                "the onnx runtime needs onnxruntime (pip install 'mnistkit[serve]'); or set MNISTKIT_RUNTIME=torch"
+            )
+        try:
+            folder = artifact_dir(model_dir)
+            if onnx_record(read_manifest(folder)[0]) is None:
+                raise ServingError(
+                    f"cannot serve: {folder} has no ONNX model; build the image with --runtime onnx "
+                    "(or set MNISTKIT_RUNTIME=torch)"
+                )
+        except ArtifactError as e:
+            raise ServingError(f"cannot serve: {e}") from None
+    return runtime
+
+
+def load_predictor(model_dir: str | os.PathLike[str], *, runtime: str = "auto", threads: int = 1) -> Predictor:
+    """A verified predictor for ``model_dir``. Raises ``ServingError`` saying why it cannot serve."""
+    runtime = resolve_runtime(model_dir, runtime)
     try:
-        if runtime == "auto":
-            runtime = "onnx" if _has_onnx(Path(model_dir)) else "torch"
         if runtime == "onnx":
             return OnnxPredictor(Path(model_dir), threads=threads)
         return TorchPredictor(Path(model_dir), threads=threads)

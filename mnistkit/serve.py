@@ -553,13 +553,29 @@ def _preload_and_freeze(server: Any, worker: Any) -> None:
     _freeze()
 
 
+def _graceful_timeout() -> int:
+    """``GUNICORN_GRACEFUL_TIMEOUT`` (seconds a stopping worker has to finish), checked."""
+    from .errors import ConfigError
+
+    raw = os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", "").strip()
+    if not raw:
+        return GRACEFUL_TIMEOUT
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"GUNICORN_GRACEFUL_TIMEOUT={raw!r} is not a whole number of seconds") from None
+    if not 0 <= value < 86400:
+        raise ConfigError(f"GUNICORN_GRACEFUL_TIMEOUT={value} must be 0 or more, under a day")
+    return value
+
+
 def _application(base: type) -> type:
     """Seldon's gunicorn application with the options it does not expose."""
 
     class Application(base):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, options: dict[str, Any] | None = None, **kwargs: Any) -> None:
             options = dict(options or {})
-            options["graceful_timeout"] = int(os.environ.get("GUNICORN_GRACEFUL_TIMEOUT", GRACEFUL_TIMEOUT))
+            options["graceful_timeout"] = _graceful_timeout()
             options["worker_class"] = "mnistkit.serve.DrainingSyncWorker"
             options["pre_fork"] = _preload_and_freeze
             super().__init__(*args, options=options, **kwargs)

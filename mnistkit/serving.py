@@ -76,6 +76,9 @@ class MnistModel:
             onnx_record(self.manifest)  # an ONNX model must belong to these weights
         except ArtifactError as e:
             raise ServingError(f"cannot serve: {e}") from None
+        from .runtime import resolve_runtime
+
+        resolve_runtime(self.model_path, self.runtime)  # here, before Seldon forks its workers
         self._predictor: Any = None
         self._pending = np.zeros(10, dtype=np.int64)  # predictions per digit since last metrics()
         self._refused = 0

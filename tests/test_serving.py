@@ -269,8 +269,11 @@ def test_counts_are_not_lost_under_load(trained_run, tmp_path):
         ({"MNISTKIT_MODEL": "{tmp}/nope"}, "cannot serve: no model at"),
         ({"MNISTKIT_BODY_TIMEOUT": "abc"}, "MNISTKIT_BODY_TIMEOUT='abc' is not a valid float"),
         ({"MNISTKIT_BODY_TIMEOUT": "0"}, "MNISTKIT_BODY_TIMEOUT=0.0 must be more than 0"),
+        # found by review: each was a traceback from every worker and exit 3
+        ({"MNISTKIT_RUNTIME": "onnx"}, "has no ONNX model; build the image with --runtime onnx"),
+        ({"GUNICORN_GRACEFUL_TIMEOUT": "abc"}, "GUNICORN_GRACEFUL_TIMEOUT='abc' is not a whole number"),
     ],
-    ids=["no model", "not a number", "zero"],
+    ids=["no model", "not a number", "zero", "onnx without model.onnx", "graceful timeout not a number"],
 )
 def test_the_launcher_refuses_what_cannot_serve_in_one_line(trained_run, tmp_path, env, says):
     """python -m mnistkit.serve (what the image runs): one Error: line, exit 1, no traceback."""
