@@ -155,14 +155,24 @@ class _Deadlines(_WorkerThread):
     def watch(self, environ: dict[str, Any], seconds: float) -> Iterator[float]:
         """Bound reading the body of ``environ``'s request to ``seconds`` from now; yields the
         deadline (``time.monotonic()``). The socket also gets ``seconds`` as its timeout."""
-        deadline = time.monotonic() + seconds
         sock = environ.get("gunicorn.socket")  # None outside gunicorn (tests): nothing to shut
         if sock is None:
-            yield deadline
+            yield time.monotonic() + seconds
             return
-        self.start()
         before = sock.gettimeout()
         sock.settimeout(seconds)
+        try:
+            with self.watch_socket(sock, seconds) as deadline:
+                yield deadline
+        finally:
+            sock.settimeout(before)
+
+    @contextmanager
+    def watch_socket(self, sock: Any, seconds: float) -> Iterator[float]:
+        """Shut ``sock``'s reading side if the block still runs ``seconds`` from now. A watch
+        inside another on the same socket takes its place until it ends."""
+        deadline = time.monotonic() + seconds
+        self.start()
         entry = (deadline, sock)
         with self._lock:
             self._watched[id(sock)] = entry
@@ -172,7 +182,6 @@ class _Deadlines(_WorkerThread):
             with self._lock:  # after this, the thread cannot shut the socket for this request
                 if self._watched.get(id(sock)) is entry:
                     del self._watched[id(sock)]
-            sock.settimeout(before)
 
     def run(self) -> None:
         import socket
@@ -382,7 +391,17 @@ def guard_app(app: Any, limits: GuardLimits | None = None) -> Any:
 class DrainingSyncWorker(SyncWorker):  # type: ignore[misc]
     """gunicorn's sync worker, which on SIGTERM also serves the connections already queued
     on its socket (clients that connected before the SIGTERM), then exits. With threads > 1
-    gunicorn picks its threaded worker instead (the name ends in ``SyncWorker``)."""
+    gunicorn picks its threaded worker instead (the name ends in ``SyncWorker``).
+
+    A connection has ``MNISTKIT_BODY_TIMEOUT`` to send its request line and headers too (then
+    the body gets its own): gunicorn reads them with no time limit, so a client that connected
+    and sent nothing, or a header a byte at a time, held a worker for as long as it liked."""
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        from .settings import settings
+
+        with _deadlines.watch_socket(client, settings().body_timeout):
+            super().handle(listener, client, addr)
 
     def run(self) -> None:
         super().run()

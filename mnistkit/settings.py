@@ -44,7 +44,9 @@ class Settings:
     max_body: int = _var(4 * 1024 * 1024, "Largest request body in bytes (413 above it).")
     max_image_pixels: int = _var(4096 * 4096, "Largest encoded image (width x height) a server decodes.")
     metrics_interval: float = _var(1.0, "Seconds between hand-overs of the custom metrics to Seldon.")
-    body_timeout: float = _var(30.0, "Seconds a v1 server gives a client to send a request body (408 after).")
+    body_timeout: float = _var(
+        30.0, "Seconds a v1 server gives a client to send a request's headers, then its body (408 after)."
+    )
     builder_digest: str | None = _var(None, "Set in model images: the digest of the builder image they were built on.")
     image_torch: str = _var("torch==2.13.0+cpu", "torch requirement installed in --runtime torch images.")
 

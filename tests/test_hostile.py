@@ -262,6 +262,41 @@ def test_a_body_that_arrives_in_time_is_read_whole():
 
 
 @pytest.mark.server
+def test_idle_and_slow_header_connections_do_not_hold_the_worker(trained_run, tmp_path):
+    """One worker, MNISTKIT_BODY_TIMEOUT=1: a connection that sends nothing and one that sends
+    a header a byte every 0.1 s; a prediction behind them is answered once they are cut off.
+    Before, gunicorn read headers with no time limit and the prediction waited indefinitely."""
+    import socket
+
+    service = start_microservice(
+        command=[sys.executable, "-m", "mnistkit.serve"],
+        env={"MNISTKIT_MODEL": str(trained_run.artifact), "MNISTKIT_BODY_TIMEOUT": "1"},
+        cwd=tmp_path,
+        workers=1,
+    )
+    stop = threading.Event()
+    try:
+        idle = socket.create_connection(("127.0.0.1", service.http_port), timeout=30)
+        slow = socket.create_connection(("127.0.0.1", service.http_port), timeout=30)
+        head = b"POST /api/v1.0/predictions HTTP/1.1\r\nHost: x\r\n" + b"X-Pad: " + b"a" * 1000
+        threading.Thread(target=_trickle, args=(slow, head, 0.1, stop), daemon=True).start()
+        started = time.monotonic()
+        ok = send("127.0.0.1", service.http_port, GOOD["the 2018 request"], timeout=20)
+        took = time.monotonic() - started
+        assert ok.status == 200 and took < 8, (ok.status, took)
+        for s in (idle, slow):  # each was closed by the server (a reset if bytes came after)
+            s.settimeout(10)
+            try:
+                assert s.recv(100) == b""
+            except ConnectionResetError:
+                pass
+            s.close()
+    finally:
+        stop.set()
+        service.stop()
+
+
+@pytest.mark.server
 def test_a_slow_body_gets_408_and_frees_the_worker(trained_run, tmp_path, mnist):
     """The launcher with one sync worker and MNISTKIT_BODY_TIMEOUT=1: a client sending a byte
     every 0.1 s gets a 408 after about a second, and the same worker then answers a prediction."""
