@@ -153,6 +153,8 @@ def _grey(img: Any) -> Any:
             img = ImageOps.exif_transpose(img)
     except Exception:  # unreadable EXIF: the pixels are still good, as stored
         pass
+    if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+        return _wide_grey(img)
     if img.mode in ("P", "PA", "LA", "La", "RGBa") or "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode != "RGBA":
@@ -175,6 +177,23 @@ def _grey(img: Any) -> Any:
     out = Image.new("L", img.size, paper)
     out.paste(grey, mask=alpha)
     return out
+
+
+def _wide_grey(img: Any) -> Any:
+    """A 16-bit, 32-bit integer or float grey image (16-bit PNG and TIFF, float TIFF) in "L".
+    ``convert("L")`` clips these to 0..255, so a 16-bit digit read as two greys. Scaled by the
+    range of its type: 0..65535 for 16-bit (and for 32-bit integers beyond 255), 0..1 for floats
+    that stay within it; other values are taken as 0..255 and clipped."""
+    from PIL import Image
+
+    values = np.asarray(img.convert("F") if img.mode.startswith("I;16") else img, dtype=np.float32)
+    top = float(np.nanmax(values)) if values.size else 0.0
+    if img.mode.startswith("I;16") or (img.mode == "I" and top > 255):
+        values = values * np.float32(255 / 65535)
+    elif img.mode == "F" and top <= 1:
+        values = values * np.float32(255)
+    grey = np.clip(np.rint(np.nan_to_num(values)), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey, "L")
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

@@ -103,3 +103,20 @@ def test_a_large_transparent_drawing_is_read_like_a_small_one(digit):
     big = Image.fromarray(rgba, "RGBA").resize((2048, 2048), Image.Resampling.NEAREST)
     got = decode_image(_encode(big), invert=True).pixels.astype(int)
     assert np.abs(got - _on_paper(digit).astype(int)).mean() < 8  # resampled from 2048 px, same digit
+
+
+@pytest.mark.parametrize(
+    ("what", "image", "fmt"),
+    [
+        ("16-bit PNG", lambda d: Image.fromarray(d.astype(np.uint16) * 257), "PNG"),
+        ("16-bit TIFF", lambda d: Image.fromarray(d.astype(np.uint16) * 257), "TIFF"),
+        ("float TIFF, 0..1", lambda d: Image.fromarray(d.astype(np.float32) / 255), "TIFF"),
+        ("float TIFF, 0..255", lambda d: Image.fromarray(d.astype(np.float32)), "TIFF"),
+        ("32-bit integer TIFF", lambda d: Image.fromarray(d.astype(np.int32) * 257), "TIFF"),
+    ],
+)
+def test_wide_greys_read_as_the_same_digit(digit, what, image, fmt):
+    """Found by review: convert("L") clips 16-bit, 32-bit and float greys to 0..255, so these
+    read as two greys (a confident answer for an image never seen)."""
+    got = decode_image(_encode(image(digit), fmt)).pixels
+    assert np.abs(got.astype(int) - digit).max() <= 1, what
