@@ -478,6 +478,8 @@ def import_legacy(model_dat: str | os.PathLike[str], directory: str | os.PathLik
         ) from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ArtifactError(f"{src} does not hold a state_dict of tensors")
+    if not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
+        raise ArtifactError(f"{src} holds NaN or infinite weights; a model trained to diverge cannot serve")
     net = Network()
     try:
         net.load_state_dict(state)

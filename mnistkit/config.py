@@ -41,6 +41,12 @@ PLACEMENT = ("output_dir", "run_name")
 MACHINE = (*PLACEMENT, "data_dir")
 
 
+#: the most threads a run may ask for (more fail in OpenMP, or crash it, before training starts)
+MAX_THREADS = 1024
+#: the largest float32: a learning rate or weight decay beyond it cannot reach torch's parameters
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _opt(default: Any, help: str, *, choices: Sequence[str] | None = None, env: str | None = None) -> Any:
     return field(default=default, metadata={"help": help, "choices": tuple(choices) if choices else None, "env": env})
 
@@ -108,14 +114,24 @@ class TrainConfig:
                     (False, f"{o.flag} must be one of {', '.join(o.choices)} (got {getattr(self, o.name)!r})")
                 )
         return checks + [
-            (math.isfinite(self.lr) and self.lr > 0, f"--lr must be a positive number (got {self.lr})"),
+            (0 <= self.seed < 2**63, f"--seed must be 0 .. 2^63-1 (got {self.seed})"),
+            (
+                self.threads is None or self.threads <= MAX_THREADS,
+                f"--threads must be at most {MAX_THREADS} (got {self.threads})",
+            ),
+            (self.data_dir != "", "--data-dir is empty: name the folder holding MNIST/raw/, or leave the flag out"),
+            (self.output_dir != "", "--output-dir is empty: name a folder, or leave the flag out for ./runs"),
+            (
+                math.isfinite(self.lr) and 0 < self.lr <= FLOAT32_MAX,
+                f"--lr must be a positive number torch can hold in float32 (got {self.lr})",
+            ),
             (
                 math.isfinite(self.momentum) and 0 <= self.momentum < 1,
                 f"--momentum must be in [0, 1) (got {self.momentum})",
             ),
             (
-                math.isfinite(self.weight_decay) and self.weight_decay >= 0,
-                f"--weight-decay must be >= 0 (got {self.weight_decay})",
+                math.isfinite(self.weight_decay) and 0 <= self.weight_decay <= FLOAT32_MAX,
+                f"--weight-decay must be >= 0 and a number torch can hold in float32 (got {self.weight_decay})",
             ),
             (
                 math.isfinite(self.label_smoothing) and 0 <= self.label_smoothing < 1,

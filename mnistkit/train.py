@@ -19,6 +19,7 @@ error file when it fails), never through its output.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import gc
 import json
@@ -53,6 +54,7 @@ from .errors import ConfigError, MnistkitError, TrainingError
 from .files import write_atomic
 from .network import Network
 from .optim import make_optimizer
+from .settings import settings
 from .tracking import Tracker, open_tracker
 
 __all__ = ["TrainConfig", "RunResult", "EpochMetrics", "fit", "evaluate", "bf16_supported", "main"]
@@ -137,6 +139,8 @@ def _new_run_dir(config: TrainConfig) -> Path:
     root = Path(config.output_dir)
     name = config.run_name or f"run-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     run_dir = root / name
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--output-dir {root} is a file, not a folder; name a folder for the runs")
     try:
         root.mkdir(parents=True, exist_ok=True)
         run_dir.mkdir()
@@ -278,11 +282,16 @@ def _shifted(padded: torch.Tensor, k: int, start: int = 0) -> torch.Tensor:
 
 def _open_run(config: TrainConfig, data: MNISTData) -> _Run:
     """Create the run folder, write its config, move the data to the device."""
+    settings()  # a bad MNISTKIT_* value is refused before any folder is made
+    made_root = not Path(config.output_dir).exists()
     run_dir = _new_run_dir(config)
     try:
         return _prepare_run(config, data, run_dir)
     except BaseException:  # a full disk, Ctrl-C: no run folder with only part of its files
         shutil.rmtree(run_dir, ignore_errors=True)
+        if made_root:  # nor the --output-dir this run made, if nothing else went there
+            with contextlib.suppress(OSError):
+                Path(config.output_dir).rmdir()
         raise
 
 

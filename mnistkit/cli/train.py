@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from ..config import MACHINE, OPTIONS, RECIPES, TrainConfig
+from ..config import MACHINE, OPTIONS, PLACEMENT, RECIPES, TrainConfig
 from ..errors import ConfigError
 from ._common import errors_to_exit, given_on_command_line, setup_logging, table_options, verbosity
 
@@ -152,6 +152,14 @@ def _check_flags(
         other = "--recipe" if recipe else "-f" if polyaxonfile else "--import-legacy" if legacy else None
         if other:
             raise ConfigError(f"--config and {other} cannot be used together: give flags beside --config to change it")
+    if legacy is not None:  # an import trains nothing: training flags beside it would go unheard
+        training = [o.flag for n, o in OPTIONS.items() if n in given_on_command_line(OPTIONS) and n not in PLACEMENT]
+        other = "-f" if polyaxonfile else "--recipe" if recipe else ", ".join(training)
+        if other:
+            raise ConfigError(
+                f"--import-legacy imports a trained model as it is; {other} cannot go with it "
+                "(only --output-dir and --run-name do)"
+            )
 
 
 def _check_search_flags(polyaxonfile: str | None, export_path: str | None) -> None:
@@ -159,7 +167,9 @@ def _check_search_flags(polyaxonfile: str | None, export_path: str | None) -> No
     search_only = given_on_command_line(_SEARCH_ONLY)
     if search_only and not polyaxonfile:
         flags = ", ".join("--" + n.replace("_path", "").replace("_", "-") for n in search_only)
-        raise ConfigError(f"{flags} only apply to a search: add -f POLYAXONFILE")
+        raise ConfigError(
+            f"{flags} only appl{'ies' if len(search_only) == 1 else 'y'} to a search: add -f POLYAXONFILE"
+        )
     if "image" in search_only and not export_path:
         raise ConfigError("--image names the image of the exported polyaxonfile's trials: add --export FILE")
 

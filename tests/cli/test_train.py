@@ -62,7 +62,9 @@ def test_train_cli_defaults_are_the_2018_ones():
 def test_bad_flag_value_is_one_line_and_exit_1(tmp_path):
     result = CliRunner(mix_stderr=False).invoke(train_main, ["--lr", "-1", "--output-dir", str(tmp_path)])
     assert result.exit_code == 1
-    assert result.stderr.strip().splitlines() == ["Error: --lr must be a positive number (got -1.0)"]
+    assert result.stderr.strip().splitlines() == [
+        "Error: --lr must be a positive number torch can hold in float32 (got -1.0)"
+    ]
     assert not list(tmp_path.iterdir())  # nothing half-written
 
 
@@ -78,7 +80,8 @@ def test_bad_flag_value_is_one_line_and_exit_1(tmp_path):
 def test_search_flags_without_a_file_are_refused_not_ignored(flags, named, tmp_path):
     result = CliRunner(mix_stderr=False).invoke(train_main, [*flags, "--output-dir", str(tmp_path / "o")])
     assert result.exit_code == 1
-    assert result.stderr.strip().splitlines() == [f"Error: {named} only apply to a search: add -f POLYAXONFILE"]
+    verb = "applies" if "," not in named else "apply"
+    assert result.stderr.strip().splitlines() == [f"Error: {named} only {verb} to a search: add -f POLYAXONFILE"]
     assert not (tmp_path / "o").exists()
 
 
@@ -109,6 +112,65 @@ def test_missing_data_dir(tmp_path):
         train_main, ["--data-dir", str(tmp_path), "--output-dir", str(tmp_path / "o")]
     )
     assert result.exit_code == 1 and "--data-dir" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [  # found by a new-user trial: each was a traceback, a segfault or a misleading line
+        (["--seed", "99999999999999999999"], "--seed must be 0 .. 2^63-1"),
+        (["--lr", "1e300"], "--lr must be a positive number torch can hold in float32"),
+        (["--weight-decay", "1e300"], "--weight-decay must be >= 0 and a number torch can hold in float32"),
+        (["--threads", "100000"], "--threads must be at most 1024"),
+        (["--data-dir", ""], "--data-dir is empty"),
+        (["--output-dir", "{tmp}/afile"], "--output-dir {tmp}/afile is a file, not a folder"),
+    ],
+    ids=["huge seed", "huge lr", "huge weight decay", "huge threads", "empty data dir", "output dir a file"],
+)
+def test_values_no_run_can_use_are_one_line_and_leave_nothing(tmp_path, args, says):
+    (tmp_path / "afile").write_text("x")
+    args = [a.format(tmp=tmp_path) for a in args]
+    out = ["--output-dir", str(tmp_path / "o")] if "--output-dir" not in args else []
+    result = CliRunner(mix_stderr=False).invoke(train_main, ["--epochs", "1", "--train-samples", "64", *out, *args])
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: " + says.format(tmp=tmp_path)), result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no run folder, no output folder
+
+
+def test_a_bad_setting_leaves_no_output_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("MNISTKIT_POLYAXON", "banana")
+    result = CliRunner(mix_stderr=False).invoke(
+        train_main, ["--epochs", "1", "--train-samples", "64", "--output-dir", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 1 and "MNISTKIT_POLYAXON='banana'" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--epochs", "5", "--lr", "0.3"], "--epochs, --lr cannot go with it"),
+        (["--recipe", "fast99"], "--recipe cannot go with it"),
+        (["-f", str(REPO / "examples" / "polyaxon" / "polyaxonfile_hyperparams.yml")], "-f cannot go with it"),
+    ],
+    ids=["training flags", "a recipe", "a search"],
+)
+def test_import_legacy_refuses_what_it_would_ignore(tmp_path, extra, says):
+    torch.save(Network().state_dict(), tmp_path / "model.dat")
+    args = ["--import-legacy", str(tmp_path / "model.dat"), "--output-dir", str(tmp_path / "runs"), *extra]
+    result = CliRunner(mix_stderr=False).invoke(train_main, args)
+    assert result.exit_code == 1 and says in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()
+
+
+def test_import_legacy_refuses_nan_weights(tmp_path):
+    state = Network().state_dict()
+    state["fc2.bias"][0] = float("nan")
+    torch.save(state, tmp_path / "model.dat")
+    args = ["--import-legacy", str(tmp_path / "model.dat"), "--output-dir", str(tmp_path / "runs")]
+    result = CliRunner(mix_stderr=False).invoke(train_main, args)
+    assert result.exit_code == 1 and "NaN or infinite weights" in result.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_import_legacy_cli(tmp_path):
