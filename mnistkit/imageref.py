@@ -26,6 +26,12 @@ _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIGEST = re.compile(r"sha256:[a-f0-9]{64}")
 
 
+def _port_ok(host: str) -> bool:
+    """A ``host[:port]`` whose port, if any, is 1..65535."""
+    _, colon, port = host.rpartition(":")
+    return not colon or 1 <= int(port) <= 65535
+
+
 def _is_registry(first: str) -> bool:
     """Docker's rule for the first component of a reference: a registry, not a Hub account."""
     return "." in first or ":" in first or first == "localhost" or first != first.lower()
@@ -39,7 +45,7 @@ def parse_registry(text: str) -> str:
         raise ConfigError(
             f"registry {text!r}: give it without a scheme, as host[:port] (e.g. {text.split('://', 1)[1]})"
         )
-    if not _DOMAIN.fullmatch(text or "-"):
+    if not _DOMAIN.fullmatch(text or "-") or not _port_ok(text):
         raise ConfigError(f"{text!r} is not a registry host[:port]; e.g. localhost:5000 or registry.example.com")
     if not _is_registry(text):
         raise ConfigError(
@@ -69,8 +75,8 @@ class ImageRef:
         first, slash, remainder = rest.partition("/")
         registry = None
         if slash and _is_registry(first):
-            if not _DOMAIN.fullmatch(first):
-                raise ConfigError(f"{text!r}: {first!r} is not a registry host[:port]")
+            if not _DOMAIN.fullmatch(first) or not _port_ok(first):
+                raise ConfigError(f"{text!r}: {first!r} is not a registry host[:port] (a port is 1..65535)")
             registry, rest = first, remainder
         name, colon, tag = rest.rpartition(":") if ":" in rest else (rest, "", "")
         if colon and not _TAG.fullmatch(tag):

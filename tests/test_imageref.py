@@ -102,6 +102,8 @@ def test_registries_are_what_docker_reads_as_registries(text):
         ("http://reg:5000", "without a scheme, as host[:port] (e.g. reg:5000)"),
         ("reg:port", "is not a registry host[:port]"),
         ("", "is not a registry host[:port]"),
+        ("reg:99999", "is not a registry host[:port]"),  # found by a new-user trial: ports past 65535 and 0
+        ("reg:0", "is not a registry host[:port]"),
     ],
 )
 def test_a_registry_docker_would_read_as_a_hub_account_is_refused(text, message):
@@ -111,3 +113,9 @@ def test_a_registry_docker_would_read_as_a_hub_account_is_refused(text, message)
 
     with pytest.raises(ConfigError, match=re.escape(message)):
         parse_registry(text)
+
+
+@pytest.mark.parametrize("port", ["0", "99999"])
+def test_an_image_at_a_port_no_registry_can_have_is_refused(port):
+    with pytest.raises(ConfigError, match="a port is 1..65535"):
+        ImageRef.parse(f"reg:{port}/mnistkit/mnist:1")

@@ -92,6 +92,79 @@ def test_from_a_single_run(trained_run, tmp_path):
     assert "matrix" not in px and "--lr=0.1" in px["component"]["run"]["container"]["args"]
 
 
+def test_a_run_trained_with_any_option_is_trained_so_on_the_cluster(mnist, tmp_path):
+    """Found by review: a run's shift, label smoothing, eval-last and precision were left out of
+    the cluster's polyaxonfile, which then trained another model than the one deployed."""
+    from mnistkit.config import TrainConfig
+    from mnistkit.train import fit
+
+    run = fit(
+        TrainConfig(
+            epochs=2,
+            train_samples=300,
+            test_samples=200,
+            shift=1,
+            label_smoothing=0.1,
+            eval_last=1,
+            precision="fp32",
+            output_dir=str(tmp_path / "runs"),
+            run_name="r",
+        ),
+        mnist,
+    )
+    manifests_for(run.run_dir, tmp_path / "out", image=IMAGE)
+    args = yaml.safe_load((tmp_path / "out" / "polyaxonfile.yaml").read_text())["component"]["run"]["container"]["args"]
+    for flag in ("--shift=1", "--label-smoothing=0.1", "--eval-last=1", "--precision=fp32", "--epochs=2"):
+        assert flag in args, (flag, args)
+
+
+def test_a_groups_flags_given_beside_its_file_reach_the_cluster(tmp_path):
+    """Found by review: `mnistkit-train -f FILE --label-smoothing 0.2` trained its trials with
+    smoothing, but the cluster's polyaxonfile (unlike --export's) did not ask for it."""
+    spec = read_polyaxonfile(REPO / "examples" / "polyaxon" / "polyaxonfile_hyperparams.yml")
+    from dataclasses import replace
+
+    group = run_group(
+        replace(spec, n_runs=1),
+        SearchConfig(
+            output_dir=str(tmp_path / "g"),
+            group_name="g",
+            train_samples=300,
+            test_samples=200,
+            max_epochs=1,
+            overrides={"label_smoothing": 0.2},
+        ),
+    )
+    manifests_for(group.group_dir, tmp_path / "out", image=IMAGE)
+    args = yaml.safe_load((tmp_path / "out" / "polyaxonfile.yaml").read_text())["component"]["run"]["container"]["args"]
+    assert {"--label-smoothing=0.2", "--train-samples=300", "--test-samples=200"} <= set(args), args
+
+
+def test_images_without_a_registry_are_refused_not_sent_to_docker_hub(trained_run, tmp_path):
+    """Found by review: with a Docker Hub --image and no --registry, the builder, build-tool and
+    training images were named at Docker Hub's account 'mnistkit', which is not ours (and the
+    build tool runs with the registry credentials mounted)."""
+    with pytest.raises(ManifestError, match="need a registry the cluster pulls from"):
+        manifests_for(trained_run.run_dir, tmp_path / "out", image="myuser/mnist:v1")
+    assert not (tmp_path / "out").exists()
+    manifests_for(trained_run.run_dir, tmp_path / "out", image="myuser/mnist:v1", registry="registry.example.com")
+    wf = yaml.safe_load((tmp_path / "out" / "argo-workflow.yaml").read_text())
+    assert "registry.example.com/mnistkit/build-tool:" in yaml.safe_dump(wf)
+
+
+def test_a_rerun_for_the_v1_server_removes_the_v2_runs_inference_service(trained_run, tmp_path):
+    """Found by review: `kubectl apply -f DIR` would have deployed the old InferenceService too."""
+    manifests_for(trained_run.run_dir, tmp_path, image=IMAGE, server="mlserver")
+    assert (tmp_path / "inferenceservice.yaml").exists()
+    manifests_for(trained_run.run_dir, tmp_path, image=IMAGE)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "argo-workflow.yaml",
+        "polyaxonfile.yaml",
+        "pvcs.yaml",
+        "seldondeployment.yaml",
+    ]
+
+
 def _sd(cfg, version="v1"):
     return seldon_deployment(ManifestConfig(**{**cfg.__dict__, "api_version": version}))
 
@@ -208,6 +281,9 @@ def test_bad_name_is_refused_before_anything_is_written(trained_run, tmp_path):
         ({"grace_seconds": -1}, "grace_seconds must be >= 0"),
         ({"data_size": "big"}, "data_size 'big' is not a Kubernetes quantity"),
         ({"cpu": "-1"}, "cpu '-1' is not a Kubernetes quantity"),
+        # found by a new-user trial: written as given, refused by the API server
+        ({"replicas": 99999999999}, "--replicas must be 0 .. 2147483647"),
+        ({"storage_class": "Bad Class"}, "--storage-class 'Bad Class' is not a StorageClass name"),
     ],
 )
 def test_what_the_schemas_allow_but_the_cluster_refuses_is_refused_here(cfg, change, message):

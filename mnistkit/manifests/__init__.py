@@ -68,9 +68,15 @@ def write_manifests(
             for f in sorted(staging.iterdir()):
                 os.replace(f, out / f.name)
                 written.append(out / f.name)
+            for stale in RESOURCE_FILES - set(resources):  # `kubectl apply -f DIR` must not find an old one
+                (out / stale).unlink(missing_ok=True)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return written
+
+
+#: the resource files ``write_manifests`` may write: one a run does not write is removed from the folder
+RESOURCE_FILES = frozenset({"seldondeployment.yaml", "argo-workflow.yaml", "pvcs.yaml", "inferenceservice.yaml"})
 
 
 def polyaxon_check(path: Path) -> None:
@@ -94,7 +100,13 @@ def cluster_images(registry: str | None, server: str = "seldon") -> dict[str, st
     from ..build.builder_image import KINDS, image_tag
     from ..imageref import parse_registry
 
-    prefix = f"{parse_registry(registry)}/" if registry else ""
+    if not registry:  # Docker Hub's account "mnistkit", which is not ours, would be pulled from
+        raise ManifestError(
+            "the builder, build-tool and training images need a registry the cluster pulls from: pass "
+            "--registry HOST[:PORT] (or give --image at that registry); without one they would name Docker Hub's "
+            "account 'mnistkit'"
+        )
+    prefix = f"{parse_registry(registry)}/"
     return {
         "builder_image": prefix + image_tag(KINDS[f"{server}-onnx"]),  # the lean default; the tool exports ONNX
         "tool_image": prefix + image_tag(KINDS["tool"]),
@@ -136,14 +148,14 @@ def manifests_for(
     cfg = ManifestConfig(
         image=image, provenance=provenance, source_path=f"/outputs/{name}", server=server, **images
     ).validate()
-    spec = _search_of(source, src, cfg.name)
+    spec, flags = _search_of(source, src, cfg.name)
 
     def polyaxonfile(path: Path) -> None:
         write_v1(
             spec,
             path,
             image=cfg.train_image,
-            extra_args=("--data-dir=/data",),
+            extra_args=(*flags, "--data-dir=/data"),
             volumes=((cfg.claims["data"], "/data", True), (cfg.claims["outputs"], "/outputs", False)),
             output_dir=f"/outputs/{spec.name}",
             run_name="{{ globals.uuid }}",
@@ -154,28 +166,28 @@ def manifests_for(
     return write_manifests(out_dir, cfg, polyaxonfile=polyaxonfile, validate=validate)
 
 
-_RUN_FLAGS = (
-    "batch_size",
-    "test_batch_size",
-    "epochs",
-    "lr",
-    "momentum",
-    "seed",
-    "optimizer",
-    "scheduler",
-    "weight_decay",
-    "train_samples",
-    "test_samples",
-)
+def _search_of(source: str | os.PathLike[str], src: Any, name: str) -> tuple[Any, tuple[str, ...]]:
+    """The search that made the model, and the flags every trial gets besides the search's own:
+    the group's search with the flags and caps given beside it (as ``mnistkit-train --export``
+    writes it), or one trial of the run's config (every training option it ran with)."""
+    import json
 
-
-def _search_of(source: str | os.PathLike[str], src: Any, name: str) -> Any:
-    """The search that made the model: the group's own, or one trial of the run's config."""
     from ..config import TrainConfig
     from ..polyaxonfile import SearchSpec
-    from ..search import spec_from_group
+    from ..search import TRIAL_OPTIONS, spec_from_group
 
     if src.group:
-        return spec_from_group(source)
-    tc = TrainConfig.from_json({k: v for k, v in src.manifest.get("train_config", {}).items() if k in _RUN_FLAGS})
-    return SearchSpec("single", args=tuple(tc.to_args()), name=name)
+        spec = spec_from_group(source)
+        try:
+            given = json.loads((Path(source) / "group.json").read_text())["config"]
+            overrides = {k: v for k, v in given["overrides"].items() if k in TRIAL_OPTIONS}
+            caps = {k: given[k] for k in ("train_samples", "test_samples") if given.get(k) is not None}
+            flags = TrainConfig.from_json({**overrides, **caps}).to_args([*overrides, *caps])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            raise ManifestError(
+                f"{source}/group.json is damaged or from another mnistkit version; rerun the search"
+            ) from None
+        return spec, tuple(flags)
+    saved = src.manifest.get("train_config", {})
+    tc = TrainConfig.from_json({k: v for k, v in saved.items() if k in TRIAL_OPTIONS})
+    return SearchSpec("single", args=tuple(tc.to_args()), name=name), ()

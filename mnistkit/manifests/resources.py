@@ -27,6 +27,7 @@ from ..imageref import ImageRef
 __all__ = ["ManifestConfig", "seldon_deployment", "argo_workflow", "pvcs", "DNS1123", "FS_GROUP", "SERVING_SECURITY"]
 
 DNS1123 = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+DNS1123_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 #: A deployment's name: it also names Services (DNS-1035: a letter first; KServe's webhook asks
 #: the same of an InferenceService) and resources named after it with a suffix
 #: (``<name>-predictor-...``), which must stay within 63 characters.
@@ -99,8 +100,15 @@ class ManifestConfig:
             raise ManifestError("protocol v2 needs SeldonDeployment v1 (Seldon Core >= 1.x), not v1alpha2")
         if self.kserve_mode not in ("Standard", "Knative"):
             raise ManifestError(f"--kserve-mode must be Standard or Knative (got {self.kserve_mode!r})")
-        if self.replicas < 0:
-            raise ManifestError(f"--replicas must be >= 0 (got {self.replicas})")
+        if not 0 <= self.replicas < 2**31:  # Kubernetes' replicas is an int32
+            raise ManifestError(f"--replicas must be 0 .. 2147483647 (got {self.replicas})")
+        if self.storage_class is not None and (
+            len(self.storage_class) > 253 or not DNS1123_SUBDOMAIN.fullmatch(self.storage_class)
+        ):
+            raise ManifestError(
+                f"--storage-class {self.storage_class!r} is not a StorageClass name (lower case letters, digits, "
+                "'-' and '.', at most 253)"
+            )
         if self.workers < 1:
             raise ManifestError(f"workers must be at least 1 (got {self.workers})")
         if self.grace_seconds < 0:

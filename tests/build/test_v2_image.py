@@ -96,7 +96,9 @@ def _kserve_container(image: str) -> dict:
     from mnistkit.manifests import ManifestConfig, cluster_images
     from mnistkit.manifests.kserve import inference_service
 
-    cfg = ManifestConfig(image=image, server="mlserver", namespace="default", **cluster_images(None, "mlserver"))
+    cfg = ManifestConfig(
+        image=image, server="mlserver", namespace="default", **cluster_images("127.0.0.1:5000", "mlserver")
+    )
     container = inference_service(cfg.validate())["spec"]["predictor"]["containers"][0]
     assert "args" not in container and "command" not in container  # the image's own CMD runs
     return container
