@@ -89,7 +89,21 @@ class BuildConfig:
             raise ConfigError(
                 "--push needs --image REGISTRY/NAME:TAG, where to push it (the default name, mnistkit/mnist:SHA, is a Docker Hub name)"
             )
+        if self.source_only is not None:
+            self._check_source_only()
         return self
+
+    def _check_source_only(self) -> None:
+        """--source-only writes a folder and builds nothing: what needs an image would go unheard."""
+        if not self.source_only:
+            raise ConfigError("--source-only is empty: name the folder to write the s2i source into")
+        unused = [
+            flag
+            for flag, on in (("--smoke-test", self.smoke_test), ("--push", self.push), ("--use-s2i", self.use_s2i))
+            if on
+        ]
+        if unused:
+            raise ConfigError(f"--source-only builds no image, so {', '.join(unused)} cannot go with it")
 
 
 @dataclass(frozen=True)

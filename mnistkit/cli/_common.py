@@ -26,6 +26,10 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
 
 def setup_logging(verbose: int, quiet: bool = False) -> None:
+    if verbose and quiet:
+        from ..errors import ConfigError
+
+        raise ConfigError("-q and -v ask for less and more detail at once: give one")
     level = logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO
     logger = logging.getLogger("mnistkit")
     logger.setLevel(level)

@@ -4,6 +4,7 @@ push it, and build the builder images."""
 from __future__ import annotations
 
 import json
+import math
 import sys
 from typing import Any
 
@@ -116,8 +117,15 @@ def image_cmd(
     """Build the Seldon image for SOURCE by the s2i contract; optionally smoke-test and push it."""
     setup_logging(verbose, quiet)
     from ..build.model_image import BuildConfig, build_model
+    from ..errors import ConfigError
     from ..local.dockerd import mnistkit_home
 
+    if not (math.isfinite(wait_for_engine) and 0 <= wait_for_engine <= 86400):
+        raise ConfigError(f"--wait-for-engine must be 0 .. 86400 seconds (got {wait_for_engine})")
+    if manifests_dir is not None and options.get("source_only") is not None:
+        raise ConfigError(
+            "--source-only builds no image, so --manifests cannot go with it (use mnistkit-build manifests)"
+        )
     password = _read_password() if password_stdin else None
     home = mnistkit_home()
     config = BuildConfig(
@@ -236,8 +244,11 @@ def manifests_cmd(
     --server mlserver, a KServe InferenceService), each checked against the real schemas before
     anything is written."""
     setup_logging(verbose, quiet)
+    from ..errors import ConfigError
     from ..manifests import manifests_for
 
+    if given_on_command_line(["kserve_mode"]) and options.get("server") != "mlserver":
+        raise ConfigError("--kserve-mode shapes the KServe InferenceService, written only with --server mlserver")
     for path in manifests_for(source, out_dir, image=image, registry=registry, validate=not no_validate, **options):
         click.echo(str(path))
 

@@ -146,6 +146,47 @@ def test_builder_flags_that_contradict_or_are_empty_are_one_line(args, stdin, me
     assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith(f"Error: {message}"), r.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [  # found by a new-user trial: the first ran a whole docker build, the rest went unheard
+        (["--source-only", ""], "--source-only is empty"),
+        (["--source-only", "{tmp}/s", "--smoke-test"], "--source-only builds no image, so --smoke-test"),
+        (
+            ["--source-only", "{tmp}/s", "--push", "--image", "127.0.0.1:5000/m:1"],
+            "--source-only builds no image, so --push",
+        ),
+        (["--source-only", "{tmp}/s", "--use-s2i"], "--source-only builds no image, so --use-s2i"),
+        (["--source-only", "{tmp}/s", "--manifests", "{tmp}/m"], "--source-only builds no image, so --manifests"),
+        (["--wait-for-engine", "inf"], "--wait-for-engine must be 0 .. 86400 seconds"),
+        (["--wait-for-engine", "-1"], "--wait-for-engine must be 0 .. 86400 seconds"),
+        (["-q", "-v", "--source-only", "{tmp}/s"], "-q and -v ask for less and more detail at once"),
+    ],
+)
+def test_image_flags_that_would_go_unheard_are_one_line(trained_run, tmp_path, args, message):
+    """Refused before any engine starts or anything is written."""
+    r = _cli(["image", str(trained_run.run_dir), *[a.format(tmp=tmp_path) for a in args]])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith(f"Error: {message}"), r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_kserve_mode_without_the_v2_server_is_refused(trained_run, tmp_path):
+    r = _cli(
+        [
+            "manifests",
+            str(trained_run.run_dir),
+            "--image",
+            "127.0.0.1:5000/m:1",
+            "--out",
+            str(tmp_path / "c"),
+            "--kserve-mode",
+            "Knative",
+        ]
+    )
+    assert r.exit_code == 1 and "written only with --server mlserver" in r.stderr
+    assert not (tmp_path / "c").exists()
+
+
 def _tiny_image(client, tag: str, label: str) -> str:
     import io
 
