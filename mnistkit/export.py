@@ -139,8 +139,12 @@ def _test_images(data_dir: str | os.PathLike[str] | None) -> np.ndarray:
 
     try:
         return load_mnist(data_dir).test_images.numpy()  # (10000, 28, 28) uint8
-    except DataError as e:
-        raise PackagingError(f"the ONNX parity check needs MNIST's test set: {e}") from None
+    except DataError as e:  # its hint names mnistkit-train's flags; mnistkit-build has the variable
+        where = str(e).split(";", 1)[0]
+        raise PackagingError(
+            f"the ONNX parity check needs MNIST's test set: {where}; set MNISTKIT_DATA_DIR to a folder holding "
+            "MNIST/raw/ (or build with --runtime torch, which exports nothing)"
+        ) from None
 
 
 def attach_onnx(

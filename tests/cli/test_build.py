@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from mnistkit.cli.build import main as build_main
-from support import CANARY, USER, free_port
+from support import CANARY, REPO, USER, free_port
 
 pytestmark = pytest.mark.docker
 
@@ -224,3 +224,16 @@ def test_prune_removes_stale_builders_and_untagged_images_only(docker_engine, do
     finally:
         for tag in (*kept, "mnistkit-test/retagged:1"):
             docker_client.images.remove(tag)
+
+
+def test_a_build_away_from_the_data_says_how_to_point_at_it(trained_run, tmp_path, monkeypatch):
+    """Found by review: the default ONNX build needs MNIST's test set, and the message told the
+    user to pass --data-dir or --download, which mnistkit-build does not have."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MNISTKIT_DATA_DIR", raising=False)
+    r = _cli(["image", str(trained_run.run_dir), "--source-only", str(tmp_path / "s")])
+    lines = r.stderr.strip().splitlines()
+    assert r.exit_code == 1 and len(lines) == 1 and "set MNISTKIT_DATA_DIR" in lines[0], r.stderr
+    assert "--data-dir" not in lines[0] and not (tmp_path / "s").exists()
+    monkeypatch.setenv("MNISTKIT_DATA_DIR", str(REPO / "examples" / "data"))
+    assert _cli(["image", str(trained_run.run_dir), "--source-only", str(tmp_path / "s")]).exit_code == 0
