@@ -484,7 +484,8 @@ def import_legacy(model_dat: str | os.PathLike[str], directory: str | os.PathLik
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
-        raise ArtifactError(f"{src} does not fit the seed network: {str(e).splitlines()[0]}") from None
+        detail = "; ".join(line.strip() for line in str(e).splitlines()[1:] if line.strip())[:400]
+        raise ArtifactError(f"{src} does not fit the seed network: {detail or str(e)}") from None
     return save_artifact(directory, net.state_dict(), run={"imported_from": str(src.resolve())})
 
 

@@ -143,6 +143,17 @@ def test_state_dict_of_another_network_is_refused(tmp_path):
         import_legacy(tmp_path / "other.dat", tmp_path / "x")
 
 
+def test_a_state_dict_of_the_wrong_shape_says_which_tensor(tmp_path):
+    """Found by a new-user trial: the message stopped at torch's first line, 'Error(s) in loading'."""
+    from mnistkit.network import Network
+
+    state = Network().state_dict()
+    state["fc1.weight"] = torch.zeros(50, 321)
+    torch.save(state, tmp_path / "wide.dat")
+    with pytest.raises(ArtifactError, match=r"size mismatch for fc1\.weight.*\[50, 321\]"):
+        import_legacy(tmp_path / "wide.dat", tmp_path / "x")
+
+
 def test_failed_save_leaves_previous_model_loadable(tmp_path, monkeypatch):
     torch.manual_seed(0)
     first = Network()
