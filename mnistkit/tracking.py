@@ -83,7 +83,13 @@ class PolyaxonTracker:
             kwargs["artifacts_path"] = artifacts_path
         if offline:
             kwargs.setdefault("project", "mnistkit")
-        tracking.init(**kwargs)
+        try:
+            tracking.init(**kwargs)
+        except Exception as e:  # the client's own errors: no project, no API, not managed
+            said = " ".join(str(e).split())[:300] or type(e).__name__
+            raise ConfigError(
+                f"Polyaxon tracking could not start ({said}); outside a Polyaxon job set MNISTKIT_POLYAXON=offline or off"
+            ) from None
 
     def outputs_path(self) -> str | None:
         try:

@@ -29,3 +29,17 @@ def test_metrics_reach_polyaxon_and_the_run_folder(mnist, tmp_path, monkeypatch)
     local = read_metrics(run.run_dir)
     assert [float(s[2]) for s in steps] == pytest.approx([r["test_accuracy"] for r in local])
     assert (events / "train_loss.plx").exists() and (events / "test_loss.plx").exists()
+
+
+def test_polyaxon_on_outside_a_polyaxon_job_names_the_setting(mnist, tmp_path, monkeypatch):
+    """Found by a new-user trial: the client's own "Please provide a valid project" alone did not
+    say which setting asked for Polyaxon. Nothing is left behind either."""
+    pytest.importorskip("polyaxon")
+    from mnistkit.errors import ConfigError
+
+    for key in ("POLYAXON_RUN_INSTANCE", "POLYAXON_IS_MANAGED"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("MNISTKIT_POLYAXON", "on")
+    with pytest.raises(ConfigError, match="Polyaxon tracking could not start .*MNISTKIT_POLYAXON=offline or off"):
+        fit(TrainConfig(epochs=1, train_samples=64, test_samples=64, output_dir=str(tmp_path / "o")), mnist)
+    assert not (tmp_path / "o").exists()
