@@ -47,6 +47,9 @@ __all__ = [
     "CONTINUOUS",
     "RECORDED_METRICS",
     "check_group_name",
+    "check_trial_count",
+    "MAX_POINTS",
+    "MAX_TRIALS",
 ]
 
 # name -> names of its arguments, in the order of the "a:b:c" string form
@@ -125,6 +128,8 @@ RECORDED_METRICS = ("test_accuracy", "test_loss", "best_epoch")
 _GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 #: the most values one discrete distribution may give (a grid of more is a typo, not a search)
 MAX_POINTS = 10_000
+#: the most trials one search may have (more would not finish here; its plan alone fills memory)
+MAX_TRIALS = 10_000
 
 
 @dataclass(frozen=True)
@@ -145,21 +150,27 @@ class Distribution:
             return list(self.values)
         if self.kind == "pvalues":
             return [v for v, _ in self.values]
-        if self.kind == "range":
-            out = np.arange(*self.args)
-        elif self.kind == "linspace":
-            out = np.linspace(*self.args)
-        elif self.kind == "logspace":  # start:stop:num[:base]; numpy's 4th argument is endpoint
-            start, stop, num = self.args[:3]
-            out = np.logspace(start, stop, num, base=self.args[3] if len(self.args) > 3 else 10.0)
-        elif self.kind == "geomspace":
-            out = np.geomspace(*self.args)
-        else:
+        if not self.discrete:
             raise SearchError(f"{self.kind} is a continuous distribution; a grid search needs discrete values")
+        with np.errstate(all="ignore"):  # an overflow is an inf, refused where the file is read
+            if self.kind == "range":
+                out = np.arange(*self.args)
+            elif self.kind == "linspace":
+                out = np.linspace(*self.args)
+            elif self.kind == "logspace":  # start:stop:num[:base]; numpy's 4th argument is endpoint
+                start, stop, num = self.args[:3]
+                out = np.logspace(start, stop, num, base=self.args[3] if len(self.args) > 3 else 10.0)
+            else:
+                out = np.geomspace(*self.args)
         return [_py(v) for v in out]
 
     def sample(self, rng: np.random.Generator) -> Any:
-        """One random draw (random search)."""
+        """One random draw (random search). An overflow gives inf (no warning), which the
+        trial's training options then refuse in one line."""
+        with np.errstate(all="ignore"):
+            return self._sample(rng)
+
+    def _sample(self, rng: np.random.Generator) -> Any:
         if self.kind == "pvalues":
             values, probs = zip(*self.values, strict=False)
             return _py(values[int(rng.choice(len(values), p=np.asarray(probs, dtype=float) / sum(probs)))])
@@ -225,6 +236,17 @@ class SearchSpec:
     name: str = "mnist"
     source_format: str = "v1"
 
+    @property
+    def n_trials(self) -> int:
+        """How many trials the search has, counted without building them (a grid: the product
+        of its matrix's lengths, or fewer when the file caps it)."""
+        if self.algorithm == "grid":
+            size = math.prod(len(d.points()) for d in self.matrix.values())
+            return min(size, self.n_runs) if self.n_runs else size
+        if self.algorithm == "random":
+            return self.n_runs or 0
+        return 1
+
 
 def _number(text: Any, where: str) -> Any:
     if isinstance(text, (int, float)) and not isinstance(text, bool):
@@ -271,6 +293,8 @@ def parse_distribution(kind: str, value: Any, where: str) -> Distribution:
     if len(parts) not in (required, len(names)):
         raise SearchError(f"{where}: {kind} needs {':'.join(names[:required])}, got {value!r}")
     args = tuple(_number(p, where) for p in parts)
+    if not all(_finite(a) for a in args):
+        raise SearchError(f"{where}: {kind} needs finite numbers, got {value!r}")
     if kind in DISCRETE or kind in ("uniform", "quniform", "loguniform", "qloguniform"):
         if args[0] >= args[1]:
             raise SearchError(f"{where}: {kind} needs {names[0]} < {names[1]}, got {value!r}")
@@ -286,10 +310,35 @@ def parse_distribution(kind: str, value: Any, where: str) -> Distribution:
         raise SearchError(f"{where}: geomspace needs start and stop of the same sign, neither 0, got {value!r}")
     if kind == "logspace" and len(args) > 3 and args[3] <= 0:
         raise SearchError(f"{where}: logspace needs a positive base, got {value!r}")
-    points = math.ceil((args[1] - args[0]) / args[2]) if kind == "range" else args[2] if kind in DISCRETE else 0
-    if points > MAX_POINTS:
-        raise SearchError(f"{where}: {kind} {value!r} gives {points} values; at most {MAX_POINTS}")
-    return Distribution(kind, args=args)
+    if kind in ("uniform", "quniform", "loguniform", "qloguniform") and not _finite(float(args[1]) - float(args[0])):
+        raise SearchError(f"{where}: {kind} {value!r} spans more than a float can hold")
+    return _checked(Distribution(kind, args=args), value, where)
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an int past the largest float
+        return False
+
+
+def _checked(dist: Distribution, value: Any, where: str) -> Distribution:
+    """``dist`` when a discrete one gives at most ``MAX_POINTS`` finite values (counted before
+    they are made); else a one-line error."""
+    if not dist.discrete:
+        return dist
+    a = dist.args
+    count = (float(a[1]) - float(a[0])) / float(a[2]) if dist.kind == "range" else a[2]  # inf when it overflows
+    if not count <= MAX_POINTS:
+        shown = math.ceil(count) if math.isfinite(count) else "more than a float can count"
+        raise SearchError(f"{where}: {dist.kind} {value!r} gives {shown} values; at most {MAX_POINTS}")
+    try:
+        points = dist.points()
+    except (ArithmeticError, ValueError, TypeError) as e:  # e.g. an int range numpy cannot hold
+        raise SearchError(f"{where}: {dist.kind} {value!r} cannot be computed ({e})") from None
+    if not all(_finite(p) for p in points):
+        raise SearchError(f"{where}: {dist.kind} {value!r} gives values too large for a number (inf)")
+    return dist
 
 
 def _cmd_args(cmd: Any, where: str) -> tuple[str, ...]:
@@ -394,7 +443,8 @@ def _parse_v0(doc: dict[str, Any], name: str) -> SearchSpec:
     matrix = _v0_matrix(hp.get("matrix"))
     algorithm, n_runs = _v0_algorithm(hp)
     stops = []
-    for i, es in enumerate(hp.get("early_stopping") or []):
+    example = "[{metric: test_accuracy, value: 0.99}]"
+    for i, es in enumerate(_list(hp.get("early_stopping"), "hptuning.early_stopping", example)):
         if not isinstance(es, dict):
             raise SearchError(f"hptuning.early_stopping[{i}] must be a mapping")
         _check_keys(es, {"metric", "value", "optimization", "policy"}, f"hptuning.early_stopping[{i}]")
@@ -430,15 +480,15 @@ def _v0_algorithm(hp: dict[str, Any]) -> tuple[str, int | None]:
     if "random_search" in hp and "grid_search" in hp:
         raise SearchError("hptuning: choose one of random_search and grid_search")
     if "random_search" in hp:
-        rs = hp["random_search"] or {}
+        rs = _mapping(hp["random_search"], "hptuning.random_search")
         _check_keys(rs, {"n_experiments"}, "hptuning.random_search")
         if "n_experiments" not in rs:
             raise SearchError("hptuning.random_search: n_experiments is required")
-        return "random", int(_number(rs["n_experiments"], "hptuning.random_search.n_experiments"))
-    gs = hp.get("grid_search") or {}
+        return "random", _whole(rs["n_experiments"], "hptuning.random_search.n_experiments")
+    gs = _mapping(hp.get("grid_search"), "hptuning.grid_search")
     _check_keys(gs, {"n_experiments"}, "hptuning.grid_search")
     if "n_experiments" in gs:
-        return "grid", int(_number(gs["n_experiments"], "hptuning.grid_search.n_experiments"))
+        return "grid", _whole(gs["n_experiments"], "hptuning.grid_search.n_experiments")
     return "grid", None
 
 
@@ -536,7 +586,37 @@ def parse_polyaxonfile(doc: Any, name: str = "mnist") -> SearchSpec:
     missing = sorted(used - set(spec.matrix) - set(spec.params) - {"globals"})
     if missing:
         raise SearchError(f"the command uses {', '.join('{{ ' + m + ' }}' for m in missing)} but nothing declares it")
+    _check_matrix_used(spec)
+    check_trial_count(spec)
     return spec
+
+
+def _check_matrix_used(spec: SearchSpec) -> None:
+    """Refuse a matrix parameter no training flag of the command takes: every trial would train
+    without it, while the tables and best.json reported its values."""
+    used = {m.split(".")[0] for a in without_output_flags(spec.args) for m in _TEMPLATE.findall(a)}
+    unused = [k for k in spec.matrix if k not in used]
+    if unused:
+        s = "s" if len(unused) > 1 else ""
+        raise SearchError(
+            f"the command never uses matrix parameter{s} {', '.join(unused)}: every trial would train without it; "
+            f"give it to a training flag (e.g. --{unused[0].replace('_', '-')}={{{{ {unused[0]} }}}}) "
+            "or remove it from the matrix"
+        )
+
+
+def check_trial_count(spec: SearchSpec) -> int:
+    """The number of trials of ``spec``, counted before any is planned; a one-line
+    ``SearchError`` past ``MAX_TRIALS``."""
+    n = spec.n_trials
+    if n > MAX_TRIALS:
+        knob = "n_experiments" if spec.source_format == "v0" else "numRuns"
+        what = "the grid" if spec.algorithm == "grid" else knob
+        raise SearchError(
+            f"the search has {n:,} trials; at most {MAX_TRIALS:,} run here: make {what} smaller"
+            + (f" (or set {knob})" if spec.algorithm == "grid" else "")
+        )
+    return n
 
 
 def read_polyaxonfile(path: str | Path) -> SearchSpec:
@@ -546,6 +626,8 @@ def read_polyaxonfile(path: str | Path) -> SearchSpec:
         doc = yaml.safe_load(p.read_text())
     except OSError as e:
         raise SearchError(f"cannot read {p}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise SearchError(f"{p} is not UTF-8 text (byte {e.start}); save it as UTF-8") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

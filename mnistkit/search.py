@@ -12,15 +12,19 @@ machine's cores are split between them. A trial reports through its run folder's
       trials.json     every trial: params, status, metrics, duration, error
       trials.csv      the same as a table
       best.json       the chosen trial with its provenance — what mnistkit-build takes
+      .lock           held (flock) by the process running the group: one run of a group at a time
 
 A finished trial is reused when the group is run again only if its effective configuration
-is identical; anything else is trained again.
+is identical (where the data folder is, like where runs go, is the machine's and not compared);
+anything else is trained again. A reused trial that meets the early-stopping condition stops
+the group before anything is launched, as it did the first time.
 """
 
 from __future__ import annotations
 
 import csv
 import ctypes
+import fcntl
 import io
 import itertools
 import json
@@ -31,7 +35,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import OPTIONS, PLACEMENT, TrainConfig
+from .config import MACHINE, OPTIONS, PLACEMENT, TrainConfig
 from .data import check_mnist
 from .errors import ConfigError, SearchError
 from .files import os_reason, write_atomic
@@ -49,6 +54,7 @@ from .polyaxonfile import (
     EarlyStopping,
     SearchSpec,
     check_group_name,
+    check_trial_count,
     render,
     without_output_flags,
 )
@@ -141,14 +147,15 @@ class GroupResult:
 
 
 def plan_trials(spec: SearchSpec, seed: int = 1) -> list[dict[str, Any]]:
-    """The parameter sets of every trial, in order (reproducible from the seed)."""
+    """The parameter sets of every trial, in order (reproducible from the seed). A search of
+    more than ``MAX_TRIALS`` is refused before any is made."""
     if spec.algorithm == "single":
         return [dict(spec.params)]
+    n = check_trial_count(spec)
     if spec.algorithm == "grid":
         keys = list(spec.matrix)
-        combos = itertools.product(*(spec.matrix[k].points() for k in keys))
-        plans = [{**spec.params, **dict(zip(keys, c, strict=False))} for c in combos]
-        return plans[: spec.n_runs] if spec.n_runs else plans
+        combos = itertools.islice(itertools.product(*(spec.matrix[k].points() for k in keys)), n)
+        return [{**spec.params, **dict(zip(keys, c, strict=False))} for c in combos]
     rng = np.random.default_rng(spec.seed if spec.seed is not None else seed)
     assert spec.n_runs is not None
     return [{**spec.params, **{k: d.sample(rng) for k, d in spec.matrix.items()}} for _ in range(spec.n_runs)]
@@ -238,8 +245,9 @@ def _finished(run_dir: Path, config: TrainConfig) -> tuple[dict[str, Any] | None
         return None, ""
     if not isinstance(recorded, dict) or not isinstance(result, dict):  # not assert: python -O drops it
         return None, ""
-    want = {k: v for k, v in config.to_json().items() if k not in PLACEMENT}  # where it ran changes nothing
-    changed = sorted(k for k in set(want) | set(recorded) if k not in PLACEMENT and recorded.get(k) != want.get(k))
+    # where it ran (folders, and the data folder however it is spelled) changes nothing
+    want = {k: v for k, v in config.to_json().items() if k not in MACHINE}
+    changed = sorted(k for k in set(want) | set(recorded) if k not in MACHINE and recorded.get(k) != want.get(k))
     if changed:
         k = changed[0]
         return None, f"{k} {recorded.get(k)} -> {want.get(k)}"
@@ -306,6 +314,16 @@ class _Group:
                 len(self.trials),
                 f"; {len(stale)} finished with another configuration run again ({stale[0]})" if stale else "",
             )
+        for t in self.trials:  # a group that stopped early stays stopped: launch nothing more
+            if t.reused:
+                self.stop_early(t)
+
+    def stop_early(self, t: Trial) -> None:
+        """Stop the group when finished trial ``t`` meets an early-stopping condition."""
+        hit = next((e for e in self.spec.early_stopping if t.status == "done" and e.reached(t.metrics)), None)
+        if hit and self.stop_reason is None:
+            op = ">=" if hit.optimization == "maximize" else "<="
+            self.stop(f"early stopping: {t.name} reached {hit.metric} {op} {hit.value}")
 
     def launch(self, t: Trial) -> None:
         config_file, run_dir, log_file, error_file = self.paths(t)
@@ -353,10 +371,7 @@ class _Group:
             self.reap(t, proc)
             _log_trial(t, self.trials, self.spec.matrix or t.params)
             _write_tables(self.dir, self.trials, self.config.metric)
-            hit = next((e for e in self.spec.early_stopping if t.status == "done" and e.reached(t.metrics)), None)
-            if hit and self.stop_reason is None:
-                op = ">=" if hit.optimization == "maximize" else "<="
-                self.stop(f"early stopping: {t.name} reached {hit.metric} {op} {hit.value}")
+            self.stop_early(t)
 
     def stop(self, reason: str) -> None:
         """Stop every running trial (SIGTERM, then SIGKILL) and every pending one."""
@@ -429,15 +444,54 @@ def _error_of(error_file: Path, log_file: Path) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
+@contextmanager
+def _lock(group_dir: Path) -> Iterator[None]:
+    """Hold the group folder's ``.lock`` (an exclusive flock) for the block: a second process
+    running the same group would take the first's running trials for unfinished ones and delete
+    them. The kernel lets go of it when this process ends, however it ends."""
+    path = group_dir / ".lock"
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise SearchError(f"cannot open {path}: {os_reason(e)}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+            pid = f" (pid {holder})" if holder.isdigit() else ""
+            raise SearchError(
+                f"group {group_dir} is being run by another process{pid}; wait for it to end, "
+                "or give this run another --group-name"
+            ) from None
+        except OSError as e:
+            raise SearchError(f"cannot lock {path}: {os_reason(e)}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
 def _open_group(
     spec: SearchSpec, config: SearchConfig, name: str, n_trials: int, concurrency: int, threads: int
-) -> Path:
+) -> Iterator[Path]:
+    """The group folder, made and locked for the block, with its ``group.json``."""
     group_dir = Path(config.output_dir) / name
     try:
         (group_dir / "trials").mkdir(parents=True, exist_ok=True)
         (group_dir / "logs").mkdir(exist_ok=True)
     except OSError as e:
         raise ConfigError(f"cannot create group folder {group_dir}: {os_reason(e)} (--output-dir)") from None
+    with _lock(group_dir):
+        _write_group_json(group_dir, spec, config, name, n_trials, concurrency, threads)
+        yield group_dir
+
+
+def _write_group_json(
+    group_dir: Path, spec: SearchSpec, config: SearchConfig, name: str, n_trials: int, concurrency: int, threads: int
+) -> None:
     _write_json(
         group_dir / "group.json",
         {
@@ -459,7 +513,6 @@ def _open_group(
             "config": asdict(config),
         },
     )
-    return group_dir
 
 
 def run_group(
@@ -478,25 +531,25 @@ def run_group(
     planned = trial_configs(spec, config, threads)  # every trial's flags are valid before the first one runs
     check_mnist(planned[0][1].data_dir)  # and the data they all read is there
     name = config.group_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    group_dir = _open_group(spec, config, name, len(planned), concurrency, threads)
-    trials = [
-        Trial(i, p, replace(c, output_dir=str(group_dir / "trials"), run_name=f"trial-{i:03d}"))
-        for i, (p, c) in enumerate(planned)
-    ]
-    dropped = sorted(
-        {a.split("=", 1)[0] for a in set(spec.args) - set(without_output_flags(spec.args)) if a[:2] == "--"}
-    )
-    if dropped:  # the 2018 files name Polyaxon's output path; here the group decides
-        log.info("ignoring %s of the polyaxonfile: trials run in %s", ", ".join(dropped), group_dir / "trials")
-    group = _Group(group_dir, trials, spec, config, concurrency, on_update)
-    if config.resume:
-        group.resume()
-    group.run()
-    best = _record_best(group_dir, trials, config)
-    if best is None:
-        (group_dir / "best.json").unlink(missing_ok=True)  # a rerun's old pick may name a trial redone since
-        errors = sorted({t.error or "?" for t in trials if t.status == "failed"})
-        raise SearchError(f"every trial failed ({'; '.join(errors)[:300]}); see {group_dir / 'logs'}")
+    with _open_group(spec, config, name, len(planned), concurrency, threads) as group_dir:
+        trials = [
+            Trial(i, p, replace(c, output_dir=str(group_dir / "trials"), run_name=f"trial-{i:03d}"))
+            for i, (p, c) in enumerate(planned)
+        ]
+        dropped = sorted(
+            {a.split("=", 1)[0] for a in set(spec.args) - set(without_output_flags(spec.args)) if a[:2] == "--"}
+        )
+        if dropped:  # the 2018 files name Polyaxon's output path; here the group decides
+            log.info("ignoring %s of the polyaxonfile: trials run in %s", ", ".join(dropped), group_dir / "trials")
+        group = _Group(group_dir, trials, spec, config, concurrency, on_update)
+        if config.resume:
+            group.resume()
+        group.run()
+        best = _record_best(group_dir, trials, config)
+        if best is None:
+            (group_dir / "best.json").unlink(missing_ok=True)  # a rerun's old pick may name a trial redone since
+            errors = sorted({t.error or "?" for t in trials if t.status == "failed"})
+            raise SearchError(f"every trial failed ({'; '.join(errors)[:300]}); see {group_dir / 'logs'}")
     return GroupResult(group_dir, trials, best, time.monotonic() - started)
 
 
@@ -573,7 +626,7 @@ def spec_from_group(group_dir: str | os.PathLike[str]) -> SearchSpec:
             name=g["spec_name"],
             source_format=g["format"],
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         raise SearchError(
             f"{group_dir}/group.json is missing or from another mnistkit version; re-run the search"
         ) from None
@@ -587,9 +640,34 @@ def read_best(group_dir: str | os.PathLike[str]) -> dict[str, Any]:
     except OSError:
         raise SearchError(f"{group_dir} has no best.json; is it a finished mnistkit search group?") from None
     except ValueError:
-        raise SearchError(f"{path} is damaged (not JSON)") from None
+        raise SearchError(f"{path} is damaged (not JSON); re-run the group to record its best trial again") from None
+    why = _damage(record, Path(group_dir))
+    if why:
+        raise SearchError(f"{path} is damaged ({why}); re-run the group to record its best trial again")
     # the group folder may have moved since: prefer the path relative to it
-    rel = Path(group_dir) / record.get("artifact_relative", "")
+    rel = Path(group_dir) / record["artifact_relative"]
     if rel.is_dir():
         record["artifact"] = str(rel)
     return record
+
+
+#: the fields of best.json its readers use, each a string
+_BEST_FIELDS = ("trial", "artifact", "artifact_relative", "artifact_sha256")
+
+
+def _damage(record: Any, group_dir: Path) -> str:
+    """What is wrong with a best.json record ("" when nothing is)."""
+    if not isinstance(record, dict):
+        return f"a JSON {type(record).__name__}, not an object"
+    bad = [k for k in _BEST_FIELDS if not isinstance(record.get(k), str) or not record[k]]
+    if bad:
+        return f"{', '.join(bad)} missing or not text"
+    rel = Path(record["artifact_relative"])
+    try:
+        inside = group_dir.resolve()
+        escapes = rel.is_absolute() or not (inside / rel).resolve().is_relative_to(inside)
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte
+        escapes = True
+    if escapes:
+        return f"artifact_relative {record['artifact_relative']!r} points outside the group folder"
+    return ""

@@ -11,6 +11,8 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,8 +21,8 @@ from click.testing import CliRunner
 
 from mnistkit.cli.train import main as train_main
 from mnistkit.errors import SearchError
-from mnistkit.polyaxonfile import parse_polyaxonfile, read_polyaxonfile, write_v1
-from mnistkit.search import SearchConfig, plan_trials, read_best, run_group
+from mnistkit.polyaxonfile import MAX_TRIALS, parse_polyaxonfile, read_polyaxonfile, write_v1
+from mnistkit.search import SearchConfig, plan_trials, read_best, run_group, spec_from_group
 from support import REPO
 
 SEED_FILE = REPO / "examples" / "polyaxon" / "polyaxonfile_hyperparams.yml"
@@ -192,6 +194,9 @@ def _container(d):
         (lambda d: d["matrix"]["params"].update(m={"kind": "geomspace", "value": "0:1:3"}), "neither 0"),
         (lambda d: d["matrix"]["params"].update(m={"kind": "range", "value": "0:1000000:1"}), "gives 1000000 values"),
         (lambda d: d["matrix"]["params"].update(m={"kind": "logspace", "value": "0:3:4:-2"}), "positive base"),
+        (lambda d: d["matrix"].update(numRuns=1_000_000_000), "has 1,000,000,000 trials; at most 10,000"),
+        (lambda d: _container(d).update(args=["--epochs=1"]), "the command never uses matrix parameter lr:"),
+        (lambda d: _container(d).update(args=["--output-dir={{ lr }}"]), "never uses matrix parameter lr:"),
     ],
 )
 def test_malformed_current_format_files_are_clear_errors(mutate, message):
@@ -267,6 +272,114 @@ def test_yaml_errors_and_missing_files(tmp_path):
         read_polyaxonfile(tmp_path / "none.yml")
 
 
+def _matrix(doc, algorithm, matrix, **hptuning):
+    doc["hptuning"] = {algorithm: hptuning or None, "matrix": matrix}
+    return doc
+
+
+#: 2018-format files that ran wrong (a matrix value never trained), hung, or gave a traceback
+UNUSABLE_FILES = {
+    "unused-matrix-param": (
+        lambda d: d["run"].update(cmd="python run.py --momentum={{ momentum }} --epochs={{ epochs }}"),
+        "the command never uses matrix parameter lr: every trial would train without it; give it to a "
+        "training flag (e.g. --lr={{ lr }}) or remove it from the matrix",
+    ),
+    "empty-cmd": (lambda d: d["run"].update(cmd=""), "never uses matrix parameters lr, momentum"),
+    "n-experiments-huge": (
+        lambda d: d["hptuning"]["random_search"].update(n_experiments=1_000_000_000),
+        "the search has 1,000,000,000 trials; at most 10,000 run here: make n_experiments smaller",
+    ),
+    "grid-of-1e8": (
+        lambda d: _matrix(
+            d, "grid_search", {"lr": {"linspace": "0.001:0.1:10000"}, "momentum": {"linspace": "0.1:0.9:10000"}}
+        ),
+        "the search has 100,000,000 trials; at most 10,000 run here: make the grid smaller (or set n_experiments)",
+    ),
+    "n-experiments-nan": (
+        lambda d: d["hptuning"]["random_search"].update(n_experiments=float("nan")),
+        "n_experiments: nan is not a whole number",
+    ),
+    "n-experiments-inf": (
+        lambda d: d["hptuning"]["random_search"].update(n_experiments=float("inf")),
+        "n_experiments: inf is not a whole number",
+    ),
+    "grid-n-experiments-fraction": (
+        lambda d: _matrix(
+            d, "grid_search", {"lr": {"values": [0.1]}, "momentum": {"values": [0.5]}}, n_experiments=1.5
+        ),
+        "grid_search.n_experiments: 1.5 is not a whole number",
+    ),
+    "range-to-inf": (
+        lambda d: _matrix(d, "grid_search", {"lr": {"range": [0, float("inf"), 1]}, "momentum": {"values": [0.5]}}),
+        "hptuning.matrix.lr: range needs finite numbers",
+    ),
+    "range-past-a-float": (
+        lambda d: d["hptuning"]["matrix"].update(lr={"range": [-1.0e308, 1.0e308, 1]}),
+        "range [-1e+308, 1e+308, 1] gives more than a float can count values; at most 10000",
+    ),
+    "logspace-overflow": (
+        lambda d: d["hptuning"]["matrix"].update(lr={"logspace": "1:1000:5"}),
+        "hptuning.matrix.lr: logspace '1:1000:5' gives values too large for a number (inf)",
+    ),
+    "random-search-not-a-mapping": (
+        lambda d: d["hptuning"].update(random_search=5),
+        "hptuning.random_search must be a mapping, not int",
+    ),
+    "early-stopping-not-a-list": (
+        lambda d: d["hptuning"].update(early_stopping=5),
+        "hptuning.early_stopping must be a list",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(UNUSABLE_FILES), ids=list(UNUSABLE_FILES))
+def test_unusable_searches_are_refused_when_read_without_a_warning(case):
+    mutate, message = UNUSABLE_FILES[case]
+    doc = seed_doc()
+    mutate(doc)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(SearchError, match=re.escape(message)):
+            parse_polyaxonfile(doc)
+    assert [str(w.message) for w in caught] == []
+
+
+def test_the_trial_cap_holds_for_a_search_made_in_python_and_a_capped_grid_is_not_built_whole():
+    huge = replace(read_polyaxonfile(SEED_FILE), n_runs=MAX_TRIALS + 1)
+    with pytest.raises(SearchError, match="has 10,001 trials; at most 10,000"):
+        plan_trials(huge)
+    grid = parse_polyaxonfile(
+        _matrix(
+            seed_doc(),
+            "grid_search",
+            {"lr": {"linspace": "0.001:0.1:10000"}, "momentum": {"linspace": "0.1:0.9:10000"}},
+            n_experiments=3,
+        )
+    )
+    assert [p["momentum"] for p in plan_trials(grid)] == pytest.approx([0.1, 0.1 + 0.8 / 9999, 0.1 + 1.6 / 9999])
+
+
+def _file_of(case):
+    """The bytes of a polyaxonfile: a case of UNUSABLE_FILES, or one that is not UTF-8."""
+    if case == "not-utf-8":
+        return b"kind: group\n# caf\xe9\n"
+    doc = seed_doc()
+    UNUSABLE_FILES[case][0](doc)
+    return yaml.safe_dump(doc).encode()
+
+
+@pytest.mark.parametrize("case", ["not-utf-8", *UNUSABLE_FILES], ids=["not-utf-8", *UNUSABLE_FILES])
+def test_unusable_files_are_one_error_line_and_no_group_folder(case, tmp_path):
+    f = tmp_path / "search.yml"
+    f.write_bytes(_file_of(case))
+    message = "is not UTF-8 text (byte 17); save it as UTF-8" if case == "not-utf-8" else UNUSABLE_FILES[case][1]
+    caps = ["--train-samples", "300", "--test-samples", "300", "--max-epochs", "1"]  # short, should one ever run
+    r = CliRunner(mix_stderr=False).invoke(train_main, ["-f", str(f), "--output-dir", str(tmp_path / "out"), *caps])
+    assert r.exit_code == 1 and r.stderr.splitlines() == [r.stderr.splitlines()[0]], r.stderr
+    assert r.stderr.startswith("Error: ") and message in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_failing_trial_is_recorded_and_the_group_completes(tmp_path):
     doc = seed_doc()
     doc["hptuning"]["matrix"] = {"lr": {"values": [0.1, 1.0e6]}, "momentum": {"values": [0.5]}}  # 1e6 diverges
@@ -306,14 +419,17 @@ def test_every_trial_failing_fails_the_command(tmp_path):
     assert r.exit_code == 1 and r.stderr.startswith("Error: every trial failed (training diverged")
 
 
-def test_early_stopping_stops_the_group(tmp_path):
+def test_early_stopping_stops_the_group_and_a_rerun_stops_before_training_anything(tmp_path):
     doc = seed_doc()
     doc["hptuning"]["early_stopping"] = [{"metric": "test_accuracy", "value": 0.0, "optimization": "maximize"}]
-    result = run_group(
-        parse_polyaxonfile(doc), SearchConfig(output_dir=str(tmp_path), group_name="es", concurrency=1, **CAPS)
-    )
+    config = SearchConfig(output_dir=str(tmp_path), group_name="es", concurrency=1, **CAPS)
+    result = run_group(parse_polyaxonfile(doc), config)
     assert [t.status for t in result.trials][:1] == ["done"]
     assert all(t.status == "stopped" and "early stopping" in t.error for t in result.trials[1:])
+    again = run_group(parse_polyaxonfile(doc), config)  # the reused trial-000 meets the condition again
+    assert [t.status for t in again.trials] == [t.status for t in result.trials] and again.trials[0].reused
+    assert not (tmp_path / "es" / "trials" / "trial-001").exists()  # nothing more was launched
+    assert again.best.name == "trial-000" and read_best(tmp_path / "es")["trial"] == "trial-000"
 
 
 def test_current_format_runs_and_resumes(tmp_path):
@@ -571,6 +687,8 @@ RESUME_CASES = {
     "training-flag": (("--seed", "2"), {}, 0, "seed 1 -> 2"),
     "file-value": ((), {"lrs": (0.05, 0.2)}, 1, "lr 0.1 -> 0.2"),
     "file-flag": ((), {"extra": "--weight-decay=0.001"}, 0, "weight_decay 0.0 -> 0.001"),
+    # where the data is belongs to the machine, however it is spelled (here: absolute, trailing slash)
+    "data-dir-spelling": (("--data-dir", f"{REPO / 'examples' / 'data'}/"), {}, 2, ""),
 }
 
 
@@ -654,3 +772,69 @@ def test_the_same_search_twice_gives_the_same_bytes_with_concurrency_2(tmp_path)
     ]
     first, second = ([t.artifact_sha256 for t in r.trials] for r in runs)
     assert first == second and len(set(first)) == 2 and all(first)
+
+
+def test_a_second_run_of_a_running_group_is_refused_and_harms_nothing(tmp_path):
+    f = _grid_file(tmp_path)
+    cmd = _group_cmd(f, tmp_path, "busy")
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _running_trial(first, tmp_path / "busy", "trial-000")
+    group_json = (tmp_path / "busy" / "group.json").read_bytes()
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert second.returncode == 1 and second.stderr.splitlines() == [
+        f"Error: group {tmp_path / 'busy'} is being run by another process (pid {first.pid}); wait for it to end, "
+        "or give this run another --group-name"
+    ], second.stderr
+    assert (tmp_path / "busy" / "group.json").read_bytes() == group_json
+    _, err = first.communicate(timeout=300)
+    assert first.returncode == 0, err
+    rows = _rows(tmp_path / "busy")
+    assert [rows[t]["status"] for t in sorted(rows)] == ["done", "done"] and not any(r["reused"] for r in rows.values())
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)  # the lock went with its process
+    assert again.returncode == 0 and "reusing 2 of 2 trials" in again.stderr, again.stderr
+
+
+GOOD_BEST = {
+    "trial": "trial-000",
+    "artifact": "/elsewhere/trial-000/model",
+    "artifact_relative": "trials/trial-000/model",
+    "artifact_sha256": "ab" * 32,
+}
+
+
+@pytest.mark.parametrize(
+    "record, why",
+    [
+        ([], "a JSON list, not an object"),
+        ({k: v for k, v in GOOD_BEST.items() if k != "artifact_sha256"}, "artifact_sha256 missing or not text"),
+        ({**GOOD_BEST, "artifact_relative": 7}, "artifact_relative missing or not text"),
+        ({**GOOD_BEST, "trial": None, "artifact": ["x"]}, "trial, artifact missing or not text"),
+        ({**GOOD_BEST, "artifact_relative": "../../etc"}, "artifact_relative '../../etc' points outside the group"),
+        ({**GOOD_BEST, "artifact_relative": "/etc"}, "artifact_relative '/etc' points outside the group folder"),
+        ({**GOOD_BEST, "artifact_relative": "out/model"}, "artifact_relative 'out/model' points outside the group"),
+    ],
+    ids=["list", "no-sha256", "relative-not-text", "two-fields", "dot-dot", "absolute", "symlink-out"],
+)
+def test_a_damaged_best_json_is_one_error_saying_to_rerun_the_group(record, why, tmp_path):
+    group = tmp_path / "g"
+    group.mkdir()
+    (group / "out").symlink_to(tmp_path)
+    (group / "best.json").write_text(json.dumps(record))
+    with pytest.raises(SearchError) as e:
+        read_best(group)
+    line = str(e.value)
+    assert line.startswith(f"{group / 'best.json'} is damaged ({why}") and "\n" not in line
+    assert line.endswith("); re-run the group to record its best trial again")
+
+
+def test_a_sound_best_json_prefers_the_artifact_inside_the_group_folder(tmp_path):
+    (tmp_path / "best.json").write_text(json.dumps(GOOD_BEST))
+    assert read_best(tmp_path)["artifact"] == GOOD_BEST["artifact"]  # not there: the recorded path
+    (tmp_path / "trials" / "trial-000" / "model").mkdir(parents=True)
+    assert read_best(tmp_path)["artifact"] == str(tmp_path / "trials" / "trial-000" / "model")
+
+
+def test_a_damaged_group_json_is_one_error(tmp_path):
+    (tmp_path / "group.json").write_text(json.dumps({"algorithm": "grid", "matrix": ["lr"]}))
+    with pytest.raises(SearchError, match="group.json is missing or from another mnistkit version; re-run"):
+        spec_from_group(tmp_path)
