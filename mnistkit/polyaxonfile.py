@@ -48,6 +48,7 @@ __all__ = [
     "RECORDED_METRICS",
     "check_group_name",
     "check_trial_count",
+    "matrix_flags",
     "MAX_POINTS",
     "MAX_TRIALS",
 ]
@@ -603,6 +604,20 @@ def _check_matrix_used(spec: SearchSpec) -> None:
             f"give it to a training flag (e.g. --{unused[0].replace('_', '-')}={{{{ {unused[0]} }}}}) "
             "or remove it from the matrix"
         )
+
+
+def matrix_flags(spec: SearchSpec) -> list[str]:
+    """The flags of the command (``--lr``) whose values come from the matrix: ``--lr={{ lr }}``
+    or ``--lr {{ lr }}``."""
+    args, flags = without_output_flags(spec.args), []
+    for i, a in enumerate(args):
+        if any(m.split(".")[0] in spec.matrix for m in _TEMPLATE.findall(a)):
+            flag = (
+                a.split("=", 1)[0] if a.startswith("--") else args[i - 1] if i and args[i - 1].startswith("--") else ""
+            )
+            if flag and flag not in flags:
+                flags.append(flag)
+    return flags
 
 
 def check_trial_count(spec: SearchSpec) -> int:

@@ -187,11 +187,18 @@ def _search(
     image: str,
     as_json: bool,
 ) -> None:
-    from ..polyaxonfile import read_polyaxonfile, write_v1
+    from ..polyaxonfile import matrix_flags, read_polyaxonfile, write_v1
     from ..search import SearchConfig, run_group
 
     spec = read_polyaxonfile(path)
     overrides = {k: v for k, v in base.items() if k not in _SEARCH_OWN}
+    clash = [f for f in matrix_flags(spec) if f in {OPTIONS[k].flag for k in overrides}]
+    if clash:  # every trial would train with the one value, while the tables showed the matrix's
+        raise ConfigError(
+            f"{', '.join(clash)} {'is' if len(clash) == 1 else 'are'} the search's to vary (its matrix); "
+            "given here too (or by --recipe or --config), every trial would train with this one value: drop it "
+            "here or from the matrix"
+        )
     config = SearchConfig(
         output_dir=options["output_dir"],
         group_name=group_name,

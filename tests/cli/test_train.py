@@ -295,3 +295,21 @@ def test_a_saved_config_keeps_its_training_not_its_places(tmp_path, monkeypatch)
     config = json.loads((tmp_path / "here" / run_id / "config.json").read_text())["config"]
     assert run_id != "theirs" and config["data_dir"] == str(REPO / "examples" / "data")
     assert (config["epochs"], config["train_samples"], config["test_samples"]) == (1, 500, 200)
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        (["--lr", "0.1"], "--lr is the search's to vary"),
+        (["--recipe", "fast99"], "--lr is the search's to vary"),
+    ],
+)
+def test_a_flag_the_matrix_varies_is_refused_beside_the_file(tmp_path, extra, says):
+    """Found by review: `-f FILE --lr 0.1` trained every trial at 0.1, while the tables and
+    best.json reported the matrix's learning rates."""
+    seed = REPO / "examples" / "polyaxon" / "polyaxonfile_hyperparams.yml"
+    result = CliRunner(mix_stderr=False).invoke(
+        train_main, ["-f", str(seed), *extra, "--output-dir", str(tmp_path / "o")]
+    )
+    assert result.exit_code == 1 and says in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
