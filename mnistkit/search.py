@@ -146,6 +146,10 @@ class GroupResult:
         return sum(t.reused for t in self.trials)
 
 
+#: seconds trials get to end by themselves after a Ctrl-C before they are sent SIGTERM
+INTERRUPT_GRACE = 5.0
+
+
 def plan_trials(spec: SearchSpec, seed: int = 1) -> list[dict[str, Any]]:
     """The parameter sets of every trial, in order (reproducible from the seed). A search of
     more than ``MAX_TRIALS`` is refused before any is made."""
@@ -373,12 +377,19 @@ class _Group:
             _write_tables(self.dir, self.trials, self.config.metric)
             self.stop_early(t)
 
-    def stop(self, reason: str) -> None:
-        """Stop every running trial (SIGTERM, then SIGKILL) and every pending one."""
+    def stop(self, reason: str, *, grace: float = 0) -> None:
+        """Stop every running trial (SIGTERM, then SIGKILL) and every pending one. ``grace``:
+        seconds the trials get to end by themselves first (after a Ctrl-C, which the terminal
+        sent them too: a SIGTERM straight after it interrupted their own clean-up, and left a
+        trial folder half removed)."""
         self.stop_reason = reason
         log.info("%s", reason)
+        until = time.monotonic() + grace
+        while time.monotonic() < until and any(proc.poll() is None for proc in self.running.values()):
+            time.sleep(0.05)
         for proc in self.running.values():
-            proc.send_signal(signal.SIGTERM)
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
         for idx, proc in self.running.items():
             try:
                 proc.wait(timeout=10)
@@ -401,8 +412,8 @@ class _Group:
                     self.on_update(self.trials)
                 time.sleep(0.1)
                 self.poll()
-        except KeyboardInterrupt:
-            self.stop("interrupted")
+        except KeyboardInterrupt as e:  # Ctrl-C reached the trials too; SIGTERM (a subclass) did not
+            self.stop("interrupted", grace=INTERRUPT_GRACE if type(e) is KeyboardInterrupt else 0)
             self.finish()
             raise
         except BaseException:

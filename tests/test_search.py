@@ -525,6 +525,31 @@ def test_ctrl_c_keeps_finished_trials(tmp_path):
     assert read_best(tmp_path / "cc")["trial"] == "trial-000"
 
 
+def test_ctrl_c_at_a_terminal_leaves_no_half_removed_trial_folder(tmp_path):
+    """The terminal sends SIGINT to the whole process group: the running trial cleans up its own
+    folder. Found by review: the group then sent it SIGTERM at once, which interrupted that
+    clean-up and left an empty trial folder. Every trial folder left is a finished trial's. (The
+    window is the few milliseconds of a trial's clean-up, so this catches a regression only some of
+    the time; the grace period itself is what closes it.)"""
+    cmd = [sys.executable, "-m", "mnistkit.cli.train", "-f", str(SEED_FILE), "--output-dir", str(tmp_path)]
+    cmd += ["--group-name", "cc", "--concurrency", "2", "--train-samples", "3000", "--test-samples", "500"]
+    proc = subprocess.Popen(
+        [*cmd, "--max-epochs", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    trials = tmp_path / "cc" / "trials"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not any(trials.glob("*/metrics.jsonl")):
+        time.sleep(0.1)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    left = [d for d in trials.iterdir() if d.is_dir()]
+    assert all((d / "result.json").exists() for d in left), [
+        (d.name, sorted(p.name for p in d.iterdir())) for d in left
+    ]
+
+
 def test_kind_experiment_is_one_training(tmp_path):
     doc = {
         "version": 1,
