@@ -192,13 +192,7 @@ def _search(
 
     spec = read_polyaxonfile(path)
     overrides = {k: v for k, v in base.items() if k not in _SEARCH_OWN}
-    clash = [f for f in matrix_flags(spec) if f in {OPTIONS[k].flag for k in overrides}]
-    if clash:  # every trial would train with the one value, while the tables showed the matrix's
-        raise ConfigError(
-            f"{', '.join(clash)} {'is' if len(clash) == 1 else 'are'} the search's to vary (its matrix); "
-            "given here too (or by --recipe or --config), every trial would train with this one value: drop it "
-            "here or from the matrix"
-        )
+    _check_matrix_clash(matrix_flags(spec), overrides)
     config = SearchConfig(
         output_dir=options["output_dir"],
         group_name=group_name,
@@ -236,6 +230,18 @@ def _search(
         )
         return
     _print_group(result, metric)
+
+
+def _check_matrix_clash(varied: list[str], overrides: dict[str, Any]) -> None:
+    """A flag the file's matrix varies, also given here: every trial would train with the one
+    value, while the tables showed the matrix's."""
+    clash = [f for f in varied if f in {OPTIONS[k].flag for k in overrides}]
+    if clash:
+        raise ConfigError(
+            f"{', '.join(clash)} {'is' if len(clash) == 1 else 'are'} the search's to vary (its matrix); "
+            "given here too (or by --recipe or --config), every trial would train with this one value: drop it "
+            "here or from the matrix"
+        )
 
 
 def _print_group(result: Any, metric: str) -> None:
