@@ -19,11 +19,12 @@ from __future__ import annotations
 import http.client
 import json
 import logging
+import math
 import re
+import socket
+import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ConfigError, QueryError
+from .files import os_reason
 from .pixels import BadInput, as_batch, decode_image, encode_png
 
 __all__ = [
@@ -68,6 +70,17 @@ PAYLOADS = ("tensor", "ndarray", "binData")
 PAYLOADS_V2 = ("pixels", "images")
 #: KServe's default ingress domain (its ``ingress.ingressDomain`` and Knative's ``config-domain`` in the quick start)
 KSERVE_DOMAIN = "example.com"
+#: the most an answer may hold: 256 rows of 10 probabilities are ~60 KB of JSON, so 8 MiB fits any sane batch
+MAX_ANSWER_BYTES = 8 * 2**20
+MAX_TIMEOUT = 86400.0  # seconds: --timeout is at most a day
+MAX_RETRIES = 100
+MAX_BACKOFF = 30.0  # seconds: the longest wait between two tries
+#: how far a probability may stray outside 0..1 (float32 rounding) before the answer is refused
+TOLERANCE = 1e-3
+_ERROR_BODY_BYTES = 64 * 2**10  # of a 4xx/5xx answer only its message is shown: read no more than this
+_NOT_IN_URLS = re.compile(r"[^\x21-\x7e]")  # spaces, control characters and non-ASCII (http.client refuses them)
+_SEGMENT = re.compile(r"(?:(?![/?#%])[\x21-\x7e])+")  # one URL path segment that needs no escapes
+_HOST_VALUE = re.compile(r"[\x21-\x7e]+")  # a Host header: printable ASCII, no spaces
 
 
 @dataclass(frozen=True)
@@ -91,32 +104,57 @@ class Endpoint:
         route = self.route or ("seldon" if self.protocol == "v2" else "ambassador")
         if route not in routes:
             raise ConfigError(f"route {route!r} is not a {self.protocol} route; use one of {', '.join(routes)}")
-        if self.url:
-            return _http_url(self.url, "--url")
-        host = _http_url(self.host if "://" in self.host else f"http://{self.host}", "--endpoint")
-        path = routes[route].format(namespace=self.namespace, deployment=self.deployment, model=self.model)
-        return host.rstrip("/") + path
+        if self.url is not None:  # an empty --url is refused, not taken for the default endpoint
+            return _http_url(self.url, "--url", "http://127.0.0.1:9000/api/v1.0/predictions")
+        shown = self.host
+        host = _http_url(shown if "://" in shown else f"http://{shown}", "--endpoint", "127.0.0.1:9000", shown)
+        names = {"namespace": self.namespace, "deployment": self.deployment, "model": self.model}
+        for name, value in names.items():
+            if "{" + name + "}" in routes[route] and not _SEGMENT.fullmatch(value):
+                raise ConfigError(
+                    f"--{name} {value!r} cannot be part of a URL path; give a name such as 'mnist' "
+                    "(letters, digits, '-', '.', '_'; no spaces, '/', '?', '#' or '%')"
+                )
+        return host.rstrip("/") + routes[route].format(**names)
 
     def headers(self) -> dict[str, str]:
         """Extra request headers: the Host that KServe's ingress routes by."""
-        if self.host_header:
+        if self.host_header is not None:
+            if not _HOST_VALUE.fullmatch(self.host_header):
+                raise ConfigError(
+                    f"--host-header {self.host_header!r} is not a host name: give printable ASCII without spaces "
+                    "or control characters, e.g. mnist.default.example.com"
+                )
             return {"Host": self.host_header}
         if self.protocol == "v2" and self.route == "kserve":
             return {"Host": f"{self.deployment}.{self.namespace}.{KSERVE_DOMAIN}"}
         return {}
 
 
-def _http_url(url: str, flag: str) -> str:
-    """``url`` when it is an http(s) URL with a host; else a one-line error (before any request)."""
+def _http_url(url: str, flag: str, example: str, shown: str | None = None) -> str:
+    """``url`` when it is an http(s) URL with a host and a port in range; else a one-line error
+    (before any request). ``shown`` is what the user typed, when ``url`` was made from it."""
+    given = url if shown is None else shown
+    if _NOT_IN_URLS.search(url):
+        raise ConfigError(
+            f"{flag} {given!r} holds a space, a control character or a non-ASCII character; "
+            "percent-encode it (a space is %20) or, in a host name, use its xn-- form"
+        )
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(
-            f"{flag} {url!r} is not an http(s) URL with a host; e.g. http://127.0.0.1:9000/api/v1.0/predictions"
-        )
+        raise ConfigError(f"{flag} {given!r} is not an http(s) URL with a host; e.g. {example}")
     try:
-        parts.port  # noqa: B018  (a port that is not a number raises here)
-    except ValueError:
-        raise ConfigError(f"{flag} {url!r} has a port that is not a number") from None
+        parts.hostname.encode("idna")  # what the resolver will do with it
+    except UnicodeError:
+        raise ConfigError(
+            f"{flag} {given!r} has a host name with an empty or over-long label; e.g. {example}"
+        ) from None
+    after_host = parts.netloc.rpartition("@")[2].rpartition("]")[2]  # an IPv6 host is in [...]
+    port = after_host.rpartition(":")[2] if ":" in after_host else ""
+    if port and not re.fullmatch(r"[0-9]+", port):
+        raise ConfigError(f"{flag} {given!r} has a port that is not a number; e.g. {example}")
+    if port and not 1 <= int(port) <= 65535:
+        raise ConfigError(f"{flag} {given!r} has port {int(port)}, out of range: a port is 1..65535")
     return url
 
 
@@ -129,6 +167,7 @@ class QueryConfig:
     retries: int = 3
     backoff: float = 0.5
     max_batch: int = 256  # images per request at most: the servers' MNISTKIT_MAX_BATCH default
+    max_answer_bytes: int = MAX_ANSWER_BYTES  # an answer larger than this is refused, not read whole
 
     @property
     def payload_kind(self) -> str:
@@ -140,11 +179,20 @@ class QueryConfig:
             raise ConfigError(
                 f"payload {self.payload_kind!r} is not a {self.endpoint.protocol} payload; use one of {', '.join(allowed)}"
             )
-        if self.timeout <= 0 or self.retries < 0:
-            raise ConfigError("--timeout must be positive and --retries at least 0")
+        if not (math.isfinite(self.timeout) and 0 < self.timeout <= MAX_TIMEOUT):
+            raise ConfigError(
+                f"--timeout must be a number of seconds above 0 and at most {MAX_TIMEOUT:g} (a day); got {self.timeout}"
+            )
+        if not 0 <= self.retries <= MAX_RETRIES:
+            raise ConfigError(f"--retries must be 0..{MAX_RETRIES} (got {self.retries})")
+        if not (math.isfinite(self.backoff) and 0 <= self.backoff <= MAX_TIMEOUT):
+            raise ConfigError(f"backoff must be 0..{MAX_TIMEOUT:g} seconds (got {self.backoff})")
         if self.max_batch < 1:
             raise ConfigError(f"--max-batch must be at least 1 (got {self.max_batch})")
+        if self.max_answer_bytes < 1:
+            raise ConfigError(f"max_answer_bytes must be at least 1 (got {self.max_answer_bytes})")
         self.endpoint.predictions_url()
+        self.endpoint.headers()
         return self
 
 
@@ -179,9 +227,19 @@ class Prediction:
 
 def _npy_inputs(path: Path) -> list[Input]:
     try:
-        arr = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as e:
-        raise QueryError(f"{path} is not a readable .npy array ({e})") from None
+        with path.open("rb") as f:
+            magic = f.read(6)
+    except OSError as e:
+        raise QueryError(f"cannot read {path}: {os_reason(e)}") from None
+    if magic != b"\x93NUMPY":  # an empty file, text, or an .npz (a zip) saved under .npy
+        what = "it is empty" if not magic else "it does not start as one; save arrays with numpy.save"
+        raise QueryError(f"{path} is not a .npy array ({what})")
+    try:
+        # mapped, not read: a header may claim far more data than the file holds
+        arr = np.array(np.load(path, mmap_mode="r", allow_pickle=False))
+    except (ValueError, OSError, EOFError) as e:
+        why = "shorter than its header says" if "mmap length" in str(e) else _one_line(str(e))
+        raise QueryError(f"{path} is not a readable .npy array ({why})") from None
     try:
         batch = as_batch(arr, what=str(path))  # the same shape rules the servers apply
     except BadInput as e:
@@ -206,7 +264,10 @@ def load_inputs(paths: Sequence[str | Path], *, invert: bool = False) -> list[In
         if p.suffix.lower() == ".npy":
             inputs.extend(_npy_inputs(p))
             continue
-        data = p.read_bytes()
+        try:
+            data = p.read_bytes()
+        except OSError as e:
+            raise QueryError(f"cannot read {p}: {os_reason(e)}") from None
         try:
             img = decode_image(data, invert=invert, name=str(p))
         except BadInput as e:
@@ -259,28 +320,145 @@ def parse_probabilities(response: dict[str, Any]) -> np.ndarray:
         else:
             raise ValueError("no data.tensor or data.ndarray")
         probs = probs.reshape(-1, 10)
-    except (ValueError, TypeError, KeyError) as e:
-        raise QueryError(f"the endpoint's answer is not a Seldon prediction of 10 classes ({e})") from None
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as e:
+        raise QueryError(f"the endpoint's answer is not a Seldon prediction of 10 classes ({_one_line(e)})") from None
     return probs
 
 
+def _one_line(text: object, most: int = 300) -> str:
+    """Text a server (or a message built from its answer) supplied, as one line of at most ``most``
+    characters: newlines, tabs and other control characters become spaces."""
+    line = " ".join(re.sub(r"[\x00-\x1f\x7f-\x9f]", " ", str(text)).split())
+    return line if len(line) <= most else line[: most - 3] + "..."
+
+
 def _error_text(body: bytes) -> str:
+    """The message of a 4xx/5xx answer: V2's ``error``, Seldon's ``status.info``, an HTML title or
+    the first line, on one line."""
     try:
         answer = json.loads(body)
+    except (ValueError, RecursionError):
+        if body.lstrip()[:1] in (b"{", b"["):
+            return "an answer that is not JSON the client can read"
+        answer = None
+    if isinstance(answer, dict):
         if isinstance(answer.get("error"), str):  # V2: {"error": "..."}
-            return str(answer["error"])
-        status = answer.get("status", {})
-        info = status.get("info") or status.get("reason")
+            return _one_line(answer["error"]) or "(empty error)"
+        status = answer.get("status")
+        info = (status.get("info") or status.get("reason")) if isinstance(status, dict) else None
         if info:
-            return str(info)
-    except (ValueError, AttributeError):
-        pass
+            return _one_line(info)
     text = body.decode("utf-8", "replace").strip()
     title = re.search(r"<title>(.*?)</title>", text, re.I | re.S)
     if title:  # a gateway's HTML error page
-        return title.group(1).strip()
+        return _one_line(title.group(1))
     lines = text.splitlines()
-    return lines[0][:200] if lines else "(empty body)"
+    return _one_line(lines[0], 200) if lines else "(empty body)"
+
+
+class _TooSlow(TimeoutError):
+    """The whole answer did not arrive within the deadline."""
+
+
+def _cut(conn: http.client.HTTPConnection, cut: threading.Event) -> None:
+    """The deadline passed: end the exchange wherever it is (a read blocked in another thread
+    returns at once). The base class's shutdown, so a TLS socket is cut the same way."""
+    cut.set()
+    if conn.sock is not None:
+        try:
+            socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
+def _read(r: http.client.HTTPResponse, most: int) -> tuple[bytes, bool]:
+    """At most ``most`` bytes of the body, and whether that is all of it. A 2xx body that says it
+    is larger is not read at all; of any other, the first ``_ERROR_BODY_BYTES`` hold its message."""
+    if 200 <= r.status < 300 and r.length is not None and r.length > most:
+        return b"", False
+    if not 200 <= r.status < 300:
+        most = min(most, _ERROR_BODY_BYTES)
+    chunks: list[bytes] = []
+    size = 0
+    while size <= most:
+        chunk = r.read(min(2**16, most + 1 - size))
+        if not chunk:
+            return b"".join(chunks), True
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)[:most], False
+
+
+def _exchange(
+    url: str, body: bytes, headers: dict[str, str], timeout: float, most: int
+) -> tuple[int, str, bytes, bool]:
+    """One POST, bounded: connecting, sending and the whole answer within ``timeout`` seconds (not
+    per read: a server trickling bytes is cut off too), and at most ``most`` bytes of a 2xx body.
+    No redirect is followed. Returns the status, the Location header, the body and whether it is whole."""
+    parts = urllib.parse.urlsplit(url)
+    https = parts.scheme == "https"
+    kind = http.client.HTTPSConnection if https else http.client.HTTPConnection
+    conn = kind(parts.hostname or "", parts.port or (443 if https else 80), timeout=timeout)
+    path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    cut = threading.Event()
+    watchdog = threading.Timer(timeout, _cut, (conn, cut))
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        conn.connect()
+        if cut.is_set():
+            raise _TooSlow()
+        conn.request("POST", path, body=body, headers=headers)
+        r = conn.getresponse()
+        raw, whole = _read(r, most)
+    except (OSError, http.client.HTTPException):
+        if cut.is_set():
+            raise _TooSlow() from None
+        raise
+    finally:
+        watchdog.cancel()
+        conn.close()
+    if cut.is_set():  # the cut may look like the end of a body that has no Content-Length
+        raise _TooSlow()
+    return r.status, r.getheader("Location") or "", raw, whole
+
+
+def _json_answer(url: str, status: int, location: str, raw: bytes, whole: bool, most: int) -> dict[str, Any]:
+    """The decoded 2xx answer, or the one-line ``QueryError`` for any other answer."""
+    if 300 <= status < 400:
+        where = _one_line(location) or "nowhere (no Location header)"
+        raise QueryError(
+            f"{url} answered {status}, a redirect to {where}; the client does not follow redirects: "
+            "give the URL of the prediction endpoint itself with --url"
+        )
+    if not 200 <= status < 300:
+        hint = ""
+        if status in (404, 405, 501):
+            v2 = "/v2/models/" in url
+            hint = "; is --model the served model's name, and --route right?" if v2 else ""
+            hint = hint or "; is it a Seldon endpoint, and is --route right?"
+        raise QueryError(f"{url} answered {status}: {_error_text(raw)}{hint}")
+    if not whole:
+        raise QueryError(
+            f"{url} answered more than {most / 2**20:g} MiB, the client's limit for an answer (a table of "
+            "probabilities is far smaller); is it a prediction endpoint?"
+        )
+    try:
+        return json.loads(raw)  # type: ignore[no-any-return]
+    except RecursionError:
+        why = "nested too deeply"
+    except ValueError as e:
+        why = _one_line(e, 100)
+    raise QueryError(f"{url} answered {status} with something that is not JSON the client can read ({why})")
+
+
+def _failure(url: str, e: Exception, timeout: float, tries: int) -> QueryError:
+    """The one line for a request that got no answer, after ``tries`` tries."""
+    if isinstance(e, TimeoutError):
+        reason = f"no whole answer within the --timeout of {timeout:g} s"
+    else:
+        reason = _one_line(e, 200) or type(e).__name__
+    return QueryError(f"cannot reach {url}: {reason} (after {tries} tries); is the endpoint right and up?")
 
 
 def post_json(
@@ -291,45 +469,31 @@ def post_json(
     retries: int = 3,
     backoff: float = 0.5,
     headers: dict[str, str] | None = None,
+    max_bytes: int = MAX_ANSWER_BYTES,
 ) -> dict[str, Any]:
-    """POST JSON; retry connection errors and 503 with exponential backoff.
+    """POST JSON; retry connection errors, timeouts and 503 with exponential backoff.
 
-    Raises ``QueryError`` with Seldon's ``status.info`` for 4xx/5xx answers.
+    Each try must get its whole answer within ``timeout`` seconds, of at most ``max_bytes``.
+    Raises ``QueryError`` with Seldon's ``status.info`` (or V2's ``error``) for 4xx/5xx answers,
+    for a redirect (never followed), and for an answer that is not JSON the client can read.
     """
     body = json.dumps(payload).encode()
-    attempt = 0
-    while True:
-        req = urllib.request.Request(
-            url, data=body, headers={"Content-Type": "application/json", **(headers or {})}, method="POST"
-        )
+    sent = {"Content-Type": "application/json", **(headers or {})}
+    for attempt in range(retries + 1):
         try:
-            with urllib.request.urlopen(req, timeout=timeout) as r:
-                raw = r.read()
-            try:
-                return json.loads(raw)
-            except ValueError:
-                raise QueryError(f"{url} answered with something that is not JSON") from None
-        except urllib.error.HTTPError as e:
-            text = _error_text(e.read())
-            if e.code == 503 and attempt < retries:
-                reason = f"503 ({text})"
-            else:
-                hint = ""
-                if e.code in (404, 405, 501):
-                    v2 = "/v2/models/" in url
-                    hint = "; is --model the served model's name, and --route right?" if v2 else ""
-                    hint = hint or "; is it a Seldon endpoint, and is --route right?"
-                raise QueryError(f"{url} answered {e.code}: {text}{hint}") from None
-        except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException) as e:
-            reason = str(getattr(e, "reason", e))
+            status, location, raw, whole = _exchange(url, body, sent, timeout, max_bytes)
+        except (OSError, http.client.HTTPException) as e:
             if attempt >= retries:
-                raise QueryError(
-                    f"cannot reach {url}: {reason} (after {attempt + 1} tries); is the endpoint right and up?"
-                ) from None
-        attempt += 1
-        delay = backoff * 2 ** (attempt - 1)
+                raise _failure(url, e, timeout, attempt + 1) from None
+            reason = _one_line(e, 200)
+        else:
+            if status != 503 or attempt >= retries:
+                return _json_answer(url, status, location, raw, whole, max_bytes)
+            reason = f"503 ({_error_text(raw)})"
+        delay = min(backoff * 2**attempt, MAX_BACKOFF)
         log.debug("retrying %s in %.1fs: %s", url, delay, reason)
         time.sleep(delay)
+    raise AssertionError("unreachable: the last try returns or raises")
 
 
 def _v2_request(group: Sequence[Input], kind: str) -> dict[str, Any]:
@@ -347,8 +511,23 @@ def _answer(response: dict[str, Any], protocol: str) -> np.ndarray:
 
     try:
         return read_outputs(response)[0]
-    except (ValueError, TypeError, KeyError, AttributeError) as e:
-        raise QueryError(f"the endpoint's answer is not a V2 prediction of 10 classes ({e})") from None
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError, RecursionError) as e:
+        raise QueryError(f"the endpoint's answer is not a V2 prediction of 10 classes ({_one_line(e)})") from None
+
+
+def _checked(probs: np.ndarray, group: Sequence[Input], url: str) -> np.ndarray:
+    """``probs`` when each is a finite number in 0..1 (give or take ``TOLERANCE``), clipped to 0..1;
+    anything else is the server's fault, and printing it as a prediction would hide that."""
+    if len(probs) != len(group):
+        raise QueryError(f"sent {len(group)} images but got {len(probs)} predictions back")
+    bad = ~np.isfinite(probs) | (probs < -TOLERANCE) | (probs > 1 + TOLERANCE)
+    if bad.any():
+        row, digit = (int(i) for i in np.argwhere(bad)[0])
+        raise QueryError(
+            f"{url} answered a probability of {probs[row, digit]:g} for digit {digit} of {group[row].name}, "
+            "not a number in 0..1: the server is at fault (check the model it serves and its logs)"
+        )
+    return np.clip(probs, 0.0, 1.0)
 
 
 def predict(inputs: Sequence[Input], config: QueryConfig | None = None) -> list[Prediction]:
@@ -367,10 +546,9 @@ def predict(inputs: Sequence[Input], config: QueryConfig | None = None) -> list[
             retries=config.retries,
             backoff=config.backoff,
             headers=config.endpoint.headers(),
+            max_bytes=config.max_answer_bytes,
         )
-        probs = _answer(response, protocol)
-        if len(probs) != len(group):
-            raise QueryError(f"sent {len(group)} images but got {len(probs)} predictions back")
+        probs = _checked(_answer(response, protocol), group, url)
         for item, p in zip(group, probs, strict=False):
             order = np.argsort(p)[::-1]
             out.append(

@@ -58,8 +58,16 @@ if TYPE_CHECKING:
     help="With --batch: most images per request (the servers refuse more than their MNISTKIT_MAX_BATCH, 256).",
 )
 @click.option("--invert", is_flag=True, help="Invert black-on-white drawings to MNIST's white-on-black.")
-@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds per request.")
-@click.option("--retries", type=int, default=3, show_default=True, help="Retries on connection errors and 503.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds for each request's whole answer, from connecting to its last byte (above 0, at most 86400).",
+)
+@click.option(
+    "--retries", type=int, default=3, show_default=True, help="Retries on connection errors, timeouts and 503 (0..100)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole answer per image as JSON lines.")
 @verbosity
 @errors_to_exit
