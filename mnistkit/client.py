@@ -389,17 +389,35 @@ def _read(r: http.client.HTTPResponse, most: int) -> tuple[bytes, bool]:
     return b"".join(chunks)[:most], False
 
 
+def _connection(url: str, timeout: float) -> tuple[http.client.HTTPConnection, str]:
+    """A connection for ``url`` and the path to ask for. Through the proxy the environment names
+    (``http_proxy``/``https_proxy``, less ``no_proxy``), as urllib's opener did: plain HTTP asks
+    the proxy for the whole URL, HTTPS tunnels through it with CONNECT."""
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(url)
+    https = parts.scheme == "https"
+    host, port = parts.hostname or "", parts.port or (443 if https else 80)
+    path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    kind = http.client.HTTPSConnection if https else http.client.HTTPConnection
+    proxy = None if urllib.request.proxy_bypass(host) else urllib.request.getproxies().get(parts.scheme)
+    if not proxy:
+        return kind(host, port, timeout=timeout), path
+    via = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    conn = kind(via.hostname or "", via.port or 80, timeout=timeout)
+    if https:
+        conn.set_tunnel(host, port)
+        return conn, path
+    return conn, urllib.parse.urlunsplit(("http", parts.netloc, parts.path or "/", parts.query, ""))
+
+
 def _exchange(
     url: str, body: bytes, headers: dict[str, str], timeout: float, most: int
 ) -> tuple[int, str, bytes, bool]:
     """One POST, bounded: connecting, sending and the whole answer within ``timeout`` seconds (not
     per read: a server trickling bytes is cut off too), and at most ``most`` bytes of a 2xx body.
     No redirect is followed. Returns the status, the Location header, the body and whether it is whole."""
-    parts = urllib.parse.urlsplit(url)
-    https = parts.scheme == "https"
-    kind = http.client.HTTPSConnection if https else http.client.HTTPConnection
-    conn = kind(parts.hostname or "", parts.port or (443 if https else 80), timeout=timeout)
-    path = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+    conn, path = _connection(url, timeout)
     cut = threading.Event()
     watchdog = threading.Timer(timeout, _cut, (conn, cut))
     watchdog.daemon = True

@@ -531,3 +531,18 @@ def test_too_many_retries_are_refused():
         _run(["--url", f"http://127.0.0.1:{free_port()}/x", "--retries", "1000", str(IMAGES / "87.png")])
     )
     assert line == "Error: --retries must be 0..100 (got 1000)"
+
+
+def test_the_proxy_the_environment_names_is_used_and_no_proxy_is_honoured(monkeypatch):
+    """As urllib's opener did before the client moved to http.client: plain HTTP goes to the
+    proxy with the whole URL; a host in no_proxy is reached directly."""
+    with _server(_probabilities("v1", [0.0] * 9 + [1.0])) as (proxy, got):
+        for key in ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY"):
+            monkeypatch.delenv(key, raising=False)
+        monkeypatch.setenv("http_proxy", proxy)
+        r = _run(["--url", "http://mnist.invalid:9000/api/v1.0/predictions", "--retries", "0", str(IMAGES / "87.png")])
+        assert r.exit_code == 0, r.stderr
+        assert got[-1].startswith(b"POST http://mnist.invalid:9000/api/v1.0/predictions ")
+        monkeypatch.setenv("no_proxy", "mnist.invalid")
+        r = _run(["--url", "http://mnist.invalid:9000/api/v1.0/predictions", "--retries", "0", str(IMAGES / "87.png")])
+        assert r.exit_code == 1 and "cannot reach" in r.stderr and len(got) == 1  # direct: no such host
