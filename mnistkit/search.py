@@ -477,8 +477,11 @@ def _lock(group_dir: Path) -> Iterator[None]:
             ) from None
         except OSError as e:
             raise SearchError(f"cannot lock {path}: {os_reason(e)}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        try:  # who holds it, for the second run's message; a full disk only loses that
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError:
+            pass
         yield
     finally:
         os.close(fd)

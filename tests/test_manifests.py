@@ -120,7 +120,8 @@ def test_a_run_trained_with_any_option_is_trained_so_on_the_cluster(mnist, tmp_p
 
 def test_a_groups_flags_given_beside_its_file_reach_the_cluster(tmp_path):
     """Found by review: `mnistkit-train -f FILE --label-smoothing 0.2` trained its trials with
-    smoothing, but the cluster's polyaxonfile (unlike --export's) did not ask for it."""
+    smoothing, but the cluster's polyaxonfile did not ask for it. The caps on samples and epochs
+    were for the quick run here: the cluster runs the search whole."""
     spec = read_polyaxonfile(REPO / "examples" / "polyaxon" / "polyaxonfile_hyperparams.yml")
     from dataclasses import replace
 
@@ -137,7 +138,8 @@ def test_a_groups_flags_given_beside_its_file_reach_the_cluster(tmp_path):
     )
     manifests_for(group.group_dir, tmp_path / "out", image=IMAGE)
     args = yaml.safe_load((tmp_path / "out" / "polyaxonfile.yaml").read_text())["component"]["run"]["container"]["args"]
-    assert {"--label-smoothing=0.2", "--train-samples=300", "--test-samples=200"} <= set(args), args
+    assert "--label-smoothing=0.2" in args, args
+    assert not any(a.startswith(("--train-samples", "--test-samples", "--epochs=1")) for a in args)  # caps stay here
 
 
 def test_images_without_a_registry_are_refused_not_sent_to_docker_hub(trained_run, tmp_path):

@@ -168,8 +168,9 @@ def manifests_for(
 
 def _search_of(source: str | os.PathLike[str], src: Any, name: str) -> tuple[Any, tuple[str, ...]]:
     """The search that made the model, and the flags every trial gets besides the search's own:
-    the group's search with the flags and caps given beside it (as ``mnistkit-train --export``
-    writes it), or one trial of the run's config (every training option it ran with)."""
+    the group's search with the training flags given beside its file (not its caps on samples and
+    epochs, which were for the run here), or one trial of the run's config (every training option
+    it ran with)."""
     import json
 
     from ..config import TrainConfig
@@ -178,11 +179,10 @@ def _search_of(source: str | os.PathLike[str], src: Any, name: str) -> tuple[Any
 
     if src.group:
         spec = spec_from_group(source)
-        try:
-            given = json.loads((Path(source) / "group.json").read_text())["config"]
-            overrides = {k: v for k, v in given["overrides"].items() if k in TRIAL_OPTIONS}
-            caps = {k: given[k] for k in ("train_samples", "test_samples") if given.get(k) is not None}
-            flags = TrainConfig.from_json({**overrides, **caps}).to_args([*overrides, *caps])
+        try:  # the caps (--train-samples, --max-epochs) were for the run here: the cluster runs it whole
+            given = json.loads((Path(source) / "group.json").read_text())["config"]["overrides"]
+            overrides = {k: v for k, v in given.items() if k in TRIAL_OPTIONS}
+            flags = TrainConfig.from_json(overrides).to_args(list(overrides))
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             raise ManifestError(
                 f"{source}/group.json is damaged or from another mnistkit version; rerun the search"
