@@ -261,6 +261,16 @@ def test_a_body_that_arrives_in_time_is_read_whole():
     assert got == body
 
 
+def _one_worker(trained_run, tmp_path):
+    """The launcher (as the image runs it) with one sync worker and MNISTKIT_BODY_TIMEOUT=1."""
+    return start_microservice(
+        command=[sys.executable, "-m", "mnistkit.serve"],
+        env={"MNISTKIT_MODEL": str(trained_run.artifact), "MNISTKIT_BODY_TIMEOUT": "1"},
+        cwd=tmp_path,
+        workers=1,
+    )
+
+
 @pytest.mark.server
 def test_idle_and_slow_header_connections_do_not_hold_the_worker(trained_run, tmp_path):
     """One worker, MNISTKIT_BODY_TIMEOUT=1: a connection that sends nothing and one that sends
@@ -268,12 +278,7 @@ def test_idle_and_slow_header_connections_do_not_hold_the_worker(trained_run, tm
     Before, gunicorn read headers with no time limit and the prediction waited indefinitely."""
     import socket
 
-    service = start_microservice(
-        command=[sys.executable, "-m", "mnistkit.serve"],
-        env={"MNISTKIT_MODEL": str(trained_run.artifact), "MNISTKIT_BODY_TIMEOUT": "1"},
-        cwd=tmp_path,
-        workers=1,
-    )
+    service = _one_worker(trained_run, tmp_path)
     stop = threading.Event()
     try:
         idle = socket.create_connection(("127.0.0.1", service.http_port), timeout=30)
@@ -303,12 +308,7 @@ def test_a_slow_body_gets_408_and_frees_the_worker(trained_run, tmp_path, mnist)
     import json
     import socket
 
-    service = start_microservice(
-        command=[sys.executable, "-m", "mnistkit.serve"],
-        env={"MNISTKIT_MODEL": str(trained_run.artifact), "MNISTKIT_BODY_TIMEOUT": "1"},
-        cwd=tmp_path,
-        workers=1,
-    )
+    service = _one_worker(trained_run, tmp_path)
     stop = threading.Event()
     try:
         body = json.dumps({"data": {"ndarray": mnist.test_images[:1].numpy().reshape(1, -1).tolist()}}).encode()
