@@ -16,6 +16,7 @@ import base64
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -187,17 +188,17 @@ class _Progress:
 def _explain(message: str, registry: str, had_credentials: bool = True) -> str:
     m = message.strip().splitlines()[0] if message.strip() else "unknown error"
     low = m.lower()
-    if "no basic auth credentials" in low or (
-        ("unauthorized" in low or "authentication required" in low or "401" in low) and not had_credentials
-    ):
+    # unreachable first: the message names the address, whose port may hold "401" (127.0.0.1:40155)
+    if "connection refused" in low or "no such host" in low or "dial tcp" in low or "timeout" in low:
+        return f"cannot reach the registry {registry} ({m}); is it running and is the address right?"
+    auth = "unauthorized" in low or "authentication required" in low or re.search(r"(?<![\d:.])401(?!\d)", low)
+    if "no basic auth credentials" in low or (auth and not had_credentials):
         return (
             f"the registry {registry} wants credentials and none were found for it ({m}); use --username with "
             "--password-stdin, MNISTKIT_REGISTRY_USERNAME/PASSWORD, or an entry in the docker config file"
         )
-    if "unauthorized" in low or "authentication required" in low or "401" in low:
+    if auth:
         return f"the registry {registry} refused the credentials ({m}); check the username and password"
-    if "connection refused" in low or "no such host" in low or "dial tcp" in low or "timeout" in low:
-        return f"cannot reach the registry {registry} ({m}); is it running and is the address right?"
     return f"push to {registry} failed: {m}; is {registry} a docker registry, and is the image name right?"
 
 

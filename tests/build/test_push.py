@@ -277,3 +277,25 @@ def test_push_with_credentials_from_the_docker_config_file(built, docker_client,
     name = _tagged(docker_client, built, registry)
     assert push(docker_client, ImageRef.parse(name), creds).digest == built.digest
     assert find_credentials(ImageRef.parse("other.example.com/x")) is None
+
+
+@pytest.mark.parametrize(
+    ("message", "had_credentials", "says"),
+    [
+        # found by CI: a registry on port 40155 read as "401", so "connection refused" was called bad credentials
+        (
+            'Get "http://127.0.0.1:40155/v2/": dial tcp 127.0.0.1:40155: connect: connection refused',
+            True,
+            "cannot reach",
+        ),
+        ("unauthorized: authentication required", True, "refused the credentials"),
+        ("received unexpected HTTP status: 401 Unauthorized", True, "refused the credentials"),
+        ("received unexpected HTTP status: 401 Unauthorized", False, "wants credentials and none were found"),
+        ("manifest blob unknown at 127.0.0.1:4010", True, "push to 127.0.0.1:4010 failed"),
+    ],
+)
+def test_a_push_failure_is_explained_by_what_it_says_not_by_its_port(message, had_credentials, says):
+    from mnistkit.build.push import _explain
+
+    registry = "127.0.0.1:4010" if "4010" in message else "127.0.0.1:40155"
+    assert says in _explain(message, registry, had_credentials)
