@@ -397,10 +397,16 @@ class DrainingSyncWorker(SyncWorker):  # type: ignore[misc]
     the body gets its own): gunicorn reads them with no time limit, so a client that connected
     and sent nothing, or a header a byte at a time, held a worker for as long as it liked."""
 
-    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+    header_seconds = BODY_SECONDS
+
+    def init_process(self) -> None:
         from .settings import settings
 
-        with _deadlines.watch_socket(client, settings().body_timeout):
+        self.header_seconds = settings().body_timeout  # read once per worker, not per connection
+        super().init_process()  # (runs the worker's loop: it returns only when the worker ends)
+
+    def handle(self, listener: Any, client: Any, addr: Any) -> None:
+        with _deadlines.watch_socket(client, self.header_seconds):
             super().handle(listener, client, addr)
 
     def run(self) -> None:
