@@ -55,6 +55,7 @@ from .polyaxonfile import (
     SearchSpec,
     check_group_name,
     check_trial_count,
+    matrix_flags,
     render,
     without_output_flags,
 )
@@ -66,6 +67,7 @@ __all__ = [
     "TRIAL_OPTIONS",
     "plan_trials",
     "trial_configs",
+    "check_overrides",
     "run_group",
     "read_best",
     "spec_from_group",
@@ -183,8 +185,21 @@ def _trial_config(
         raise SearchError(f"the training command of {where} is not valid: {e}") from None
 
 
+def check_overrides(spec: SearchSpec, overrides: Mapping[str, Any]) -> None:
+    """Refuse an override of a flag the matrix varies: every trial would train with the one
+    value, while the tables showed the matrix's."""
+    clash = [f for f in matrix_flags(spec) if f in {OPTIONS[k].flag for k in overrides if k in OPTIONS}]
+    if clash:
+        raise ConfigError(
+            f"{', '.join(clash)} {'is' if len(clash) == 1 else 'are'} the search's to vary (its matrix); "
+            "given here too (or by --recipe or --config), every trial would train with this one value: drop it "
+            "here or from the matrix"
+        )
+
+
 def trial_configs(spec: SearchSpec, config: SearchConfig, threads: int = 1) -> list[tuple[dict[str, Any], TrainConfig]]:
     """(params, effective TrainConfig) of every trial, checked before anything runs."""
+    check_overrides(spec, config.overrides)
     return [
         (p, _trial_config(spec, p, config, threads, f"trial {i}")) for i, p in enumerate(plan_trials(spec, config.seed))
     ]

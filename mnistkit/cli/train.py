@@ -187,12 +187,12 @@ def _search(
     image: str,
     as_json: bool,
 ) -> None:
-    from ..polyaxonfile import matrix_flags, read_polyaxonfile, write_v1
-    from ..search import SearchConfig, run_group
+    from ..polyaxonfile import read_polyaxonfile, write_v1
+    from ..search import SearchConfig, check_overrides, run_group
 
     spec = read_polyaxonfile(path)
     overrides = {k: v for k, v in base.items() if k not in _SEARCH_OWN}
-    _check_matrix_clash(matrix_flags(spec), overrides)
+    check_overrides(spec, overrides)  # before --export writes anything
     config = SearchConfig(
         output_dir=options["output_dir"],
         group_name=group_name,
@@ -230,18 +230,6 @@ def _search(
         )
         return
     _print_group(result, metric)
-
-
-def _check_matrix_clash(varied: list[str], overrides: dict[str, Any]) -> None:
-    """A flag the file's matrix varies, also given here: every trial would train with the one
-    value, while the tables showed the matrix's."""
-    clash = [f for f in varied if f in {OPTIONS[k].flag for k in overrides}]
-    if clash:
-        raise ConfigError(
-            f"{', '.join(clash)} {'is' if len(clash) == 1 else 'are'} the search's to vary (its matrix); "
-            "given here too (or by --recipe or --config), every trial would train with this one value: drop it "
-            "here or from the matrix"
-        )
 
 
 def _print_group(result: Any, metric: str) -> None:
