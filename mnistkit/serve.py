@@ -13,7 +13,9 @@ keeps it PID 1) with three pieces of seldon-core replaced, nothing forked by mni
   unknown routes (404) and wrong methods (405);
 * ``seldon_core.microservice.UserModelApplication`` gets gunicorn options Seldon does not
   expose: a graceful timeout that fits the pod's grace period, a sync worker that on
-  SIGTERM serves the connections already queued on its socket before it exits, and a
+  SIGTERM serves the connections already queued on its socket before it exits, body and
+  header deadlines that end before gunicorn's worker timeout (Seldon sets it from the
+  ``seldon.io/rest-timeout`` annotation, so it can be shorter than ``MNISTKIT_BODY_TIMEOUT``), and a
   ``pre_fork`` hook that imports ONNX Runtime in the arbiter and freezes its objects
   (``gc.freeze``) so the workers share those pages instead of copying them;
 * ``seldon_core.metrics.SeldonMetrics`` keeps its shared dict, but its lock (a
@@ -43,14 +45,24 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 # gunicorn 20.1 imports pkg_resources, which warns at every start; nothing a user can act on
 warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
 from gunicorn.workers.sync import SyncWorker  # noqa: E402
 
-__all__ = ["DrainingSyncWorker", "Guard", "GuardLimits", "HolderSafeLock", "guard_app", "install", "json_depth", "main"]
+__all__ = [
+    "DrainingSyncWorker",
+    "Guard",
+    "GuardLimits",
+    "HolderSafeLock",
+    "deadline_within",
+    "guard_app",
+    "install",
+    "json_depth",
+    "main",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +96,21 @@ class GuardLimits:
     max_depth: int = MAX_DEPTH
     #: seconds a client may take to send a whole body (a slow client holds a sync worker)
     body_seconds: float = BODY_SECONDS
+    #: gunicorn's worker timeout when it, not ``MNISTKIT_BODY_TIMEOUT``, set ``body_seconds``
+    worker_timeout: float | None = None
+
+    def within(self, worker_timeout: float | None) -> "GuardLimits":
+        """These limits with the body deadline cut to fit ``worker_timeout`` (see ``deadline_within``)."""
+        seconds = deadline_within(self.body_seconds, worker_timeout)
+        if seconds >= self.body_seconds:
+            return self
+        return replace(self, body_seconds=seconds, worker_timeout=worker_timeout)
+
+    def timeout_reason(self) -> str:
+        """What set ``body_seconds``, for the 408's message."""
+        if self.worker_timeout is None:
+            return "MNISTKIT_BODY_TIMEOUT"
+        return f"under half the worker timeout of {self.worker_timeout:g} s, seldon.io/rest-timeout"
 
     @classmethod
     def from_settings(cls) -> "GuardLimits":
@@ -91,6 +118,17 @@ class GuardLimits:
 
         s = settings()
         return cls(max_body=s.max_body, body_seconds=s.body_timeout)
+
+
+def deadline_within(seconds: float, worker_timeout: float | None) -> float:
+    """``seconds``, or less, so that a worker held by a slow client answers it before gunicorn's
+    arbiter kills the worker for silence (after ``worker_timeout`` seconds; a killed worker's
+    client gets a reset, not the 408, and the worker is replaced). A request may spend one
+    deadline on its headers and another on its body, each noticed up to a ``_Deadlines.PERIOD``
+    late, so each gets half of it less half a second (and at least 0.1 s)."""
+    if not worker_timeout or worker_timeout <= 0:
+        return seconds
+    return min(seconds, max(0.1, worker_timeout / 2 - 0.5))
 
 
 def json_depth(body: bytes) -> int:
@@ -306,7 +344,7 @@ class Guard:
             return _error(
                 start_response,
                 "408 Request Timeout",
-                f"the body did not arrive within {self.limits.body_seconds:g} s (MNISTKIT_BODY_TIMEOUT)",
+                f"the body did not arrive within {self.limits.body_seconds:g} s ({self.limits.timeout_reason()})",
                 "MNISTKIT_BAD_INPUT",
                 [("Connection", "close")],
             )
@@ -381,7 +419,7 @@ def guard_app(app: Any, limits: GuardLimits | None = None) -> Any:
     Also answers a ``RecursionError`` (json.loads of deeply nested JSON), JSON that is not
     JSON and text that is not UTF-8 in the parts Seldon parses itself (which its catch-all
     turns into 500s) with a 400."""
-    app.wsgi_app = Guard(app, limits or GuardLimits.from_settings())
+    app.wsgi_app = app.mnistkit_guard = Guard(app, limits or GuardLimits.from_settings())
     app.register_error_handler(RecursionError, _too_deep)
     app.register_error_handler(json.JSONDecodeError, _unreadable)
     app.register_error_handler(UnicodeDecodeError, _unreadable)
@@ -402,7 +440,8 @@ class DrainingSyncWorker(SyncWorker):  # type: ignore[misc]
     def init_process(self) -> None:
         from .settings import settings
 
-        self.header_seconds = settings().body_timeout  # read once per worker, not per connection
+        # read once per worker, not per connection; ended before the arbiter's timeout ends the worker
+        self.header_seconds = deadline_within(settings().body_timeout, self.cfg.timeout)
         super().init_process()  # (runs the worker's loop: it returns only when the worker ends)
 
     def handle(self, listener: Any, client: Any, addr: Any) -> None:
@@ -594,6 +633,23 @@ def _graceful_timeout() -> int:
     return value
 
 
+def _fit_deadline(app: Any, worker_timeout: Any) -> None:
+    """Cut the guard's body deadline to fit gunicorn's worker timeout, and say so once."""
+    guard = getattr(app, "mnistkit_guard", None)
+    if not isinstance(guard, Guard) or not isinstance(worker_timeout, (int, float)):
+        return
+    fitted = guard.limits.within(float(worker_timeout))
+    if fitted is not guard.limits:
+        log.warning(
+            "body and header deadlines cut from %g s (MNISTKIT_BODY_TIMEOUT) to %g s: the worker timeout "
+            "(seldon.io/rest-timeout) is %g s, and a worker still reading a request then is killed",
+            guard.limits.body_seconds,
+            fitted.body_seconds,
+            worker_timeout,
+        )
+        guard.limits = fitted
+
+
 def _application(base: type) -> type:
     """Seldon's gunicorn application with the options it does not expose."""
 
@@ -603,6 +659,8 @@ def _application(base: type) -> type:
             options["graceful_timeout"] = _graceful_timeout()
             options["worker_class"] = "mnistkit.serve.DrainingSyncWorker"
             options["pre_fork"] = _preload_and_freeze
+            if args:
+                _fit_deadline(args[0], options.get("timeout"))
             super().__init__(*args, options=options, **kwargs)
 
     return Application

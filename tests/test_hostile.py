@@ -6,6 +6,7 @@ tests/test_faults.py."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -261,6 +262,22 @@ def test_a_body_that_arrives_in_time_is_read_whole():
     assert got == body
 
 
+@pytest.mark.parametrize(
+    "worker_timeout, expected",
+    [(None, 30.0), (0, 30.0), (5000, 30.0), (61, 30.0), (60, 29.5), (5, 2.0), (2, 0.5), (1, 0.1)],
+)
+def test_the_deadlines_fit_inside_gunicorns_worker_timeout(worker_timeout, expected):
+    """Headers and body each get half the worker timeout less half a second (each deadline is
+    noticed up to 0.25 s late), never more than MNISTKIT_BODY_TIMEOUT, never under 0.1 s;
+    Seldon's default worker timeout (5000 s, its default rest-timeout read as seconds) cuts nothing."""
+    from mnistkit.serve import GuardLimits, deadline_within
+
+    assert deadline_within(30.0, worker_timeout) == expected
+    limits = GuardLimits(max_body=10).within(worker_timeout)
+    assert limits.body_seconds == expected
+    assert (limits.worker_timeout is None) == (expected == 30.0)
+
+
 def _one_worker(trained_run, tmp_path):
     """The launcher (as the image runs it) with one sync worker and MNISTKIT_BODY_TIMEOUT=1."""
     return start_microservice(
@@ -301,34 +318,87 @@ def test_idle_and_slow_header_connections_do_not_hold_the_worker(trained_run, tm
         service.stop()
 
 
+def _slow_post(port: int, body: bytes, stop: threading.Event) -> tuple[bytes, float]:
+    """POST ``body`` a byte every 0.1 s; the answer and the seconds it took from the headers."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        head = f"POST /api/v1.0/predictions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        s.sendall(head.encode())
+        started = time.monotonic()
+        threading.Thread(target=_trickle, args=(s, body, 0.1, stop), daemon=True).start()
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            part = s.recv(65536)
+            if not part:
+                break
+            answer += part
+        took = time.monotonic() - started
+    stop.set()
+    return answer, took
+
+
 @pytest.mark.server
 def test_a_slow_body_gets_408_and_frees_the_worker(trained_run, tmp_path, mnist):
     """The launcher with one sync worker and MNISTKIT_BODY_TIMEOUT=1: a client sending a byte
     every 0.1 s gets a 408 after about a second, and the same worker then answers a prediction."""
     import json
-    import socket
 
     service = _one_worker(trained_run, tmp_path)
     stop = threading.Event()
     try:
         body = json.dumps({"data": {"ndarray": mnist.test_images[:1].numpy().reshape(1, -1).tolist()}}).encode()
-        with socket.create_connection(("127.0.0.1", service.http_port), timeout=30) as s:
-            head = f"POST /api/v1.0/predictions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-            s.sendall(head.encode())
-            started = time.monotonic()
-            threading.Thread(target=_trickle, args=(s, body, 0.1, stop), daemon=True).start()
-            answer = b""
-            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
-                part = s.recv(65536)
-                if not part:
-                    break
-                answer += part
-            took = time.monotonic() - started
-        stop.set()
+        answer, took = _slow_post(service.http_port, body, stop)
         assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
         assert b"did not arrive within 1 s" in answer and took < 5, (took, answer[-300:])
         ok = send("127.0.0.1", service.http_port, GOOD["the 2018 request"], timeout=10)
         assert ok.status == 200, ok.body[:300]
+    finally:
+        stop.set()
+        service.stop()
+
+
+#: the launcher, reading Seldon's pod annotations from a file of the test's instead of the
+#: downward-API path seldon-core hard-codes (``/etc/podinfo/annotations``); all else as in the image
+_ANNOTATED = (
+    "import sys, seldon_core.microservice as m; m.ANNOTATIONS_FILE = sys.argv.pop(1); "
+    "from mnistkit.serve import main; main()"
+)
+
+
+@pytest.mark.server
+def test_a_rest_timeout_shorter_than_the_body_deadline_still_gets_a_408_not_a_killed_worker(
+    trained_run, tmp_path, mnist
+):
+    """``seldon.io/rest-timeout: 2000`` makes gunicorn kill a worker silent for 2 s. With the
+    default 30 s body deadline a slow client's worker was killed mid-request (a reset, then a
+    replacement worker); the deadlines are now cut to fit: a 408 in about half a second, the
+    same worker answers the next prediction, and the start-up log says why."""
+    import json
+
+    annotations = tmp_path / "annotations"
+    annotations.write_text('seldon.io/rest-timeout="2000"\n')
+    service = start_microservice(
+        command=[sys.executable, "-c", _ANNOTATED, str(annotations)],
+        env={"MNISTKIT_MODEL": str(trained_run.artifact)},
+        cwd=tmp_path,
+        workers=1,
+    )
+    stop = threading.Event()
+    try:
+        arbiter = re.search(r"\[(\d+)\] \[INFO\] Using worker: mnistkit.serve.DrainingSyncWorker", service.log())
+        assert arbiter, service.log()[-2000:]
+        workers = psutil.Process(int(arbiter.group(1))).children()
+        body = json.dumps({"data": {"ndarray": mnist.test_images[:1].numpy().reshape(1, -1).tolist()}}).encode()
+        answer, took = _slow_post(service.http_port, body, stop)
+        assert answer.startswith(b"HTTP/1.1 408"), (took, answer[:300], service.log()[-2000:])
+        assert b"within 0.5 s (under half the worker timeout of 2 s" in answer and took < 1.5, (took, answer[-300:])
+        ok = send("127.0.0.1", service.http_port, GOOD["the 2018 request"], timeout=10)
+        assert ok.status == 200, ok.body[:300]
+        assert psutil.Process(int(arbiter.group(1))).children() == workers  # the same one worker
+        log = service.log()
+        assert "WORKER TIMEOUT" not in log, log[-2000:]
+        assert "deadlines cut from 30 s (MNISTKIT_BODY_TIMEOUT) to 0.5 s" in log
     finally:
         stop.set()
         service.stop()
