@@ -72,6 +72,8 @@ def as_batch(values: Any, *, max_batch: int | None = None, what: str = "the requ
             arr.dtype.kind, str(arr.dtype)
         )
         raise BadInput(f"pixels must be numbers 0..255, got {kind}")
+    if arr.dtype.kind == "c":  # (astype would drop the imaginary parts, with only a warning)
+        raise BadInput("pixels must be real numbers 0..255, got complex numbers")
     n = batch_size_of(arr.shape)
     if n is None:
         raise BadInput(f"cannot read shape {list(arr.shape)} as images: use {SHAPES}")

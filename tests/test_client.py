@@ -152,6 +152,7 @@ BAD_INPUTS = {  # case -> (arguments after the endpoint, given a tmp folder; wha
     "an empty .npy": (lambda tmp: [str(tmp / "empty.npy")], "empty.npy is not a .npy array (it is empty)"),
     "text named .npy": (lambda tmp: [str(tmp / "text.npy")], "text.npy is not a .npy array (it does not start as one"),
     "a .npy that claims 8 TB": (lambda tmp: [str(tmp / "huge.npy")], "huge.npy is not a readable .npy array (shorter"),
+    "a complex .npy": (lambda tmp: [str(tmp / "complex.npy")], "pixels must be real numbers 0..255, got complex numbers"),
 }
 
 
@@ -168,6 +169,7 @@ def test_bad_inputs_each_give_one_clear_line(case, server, tmp_path):
     (tmp_path / "empty.npy").write_bytes(b"")  # was a blank line and "Aborted!"
     (tmp_path / "text.npy").write_text("1 2 3")
     _npy_claiming(tmp_path / "huge.npy", (10**12,))  # was a MemoryError traceback
+    np.save(tmp_path / "complex.npy", np.full((1, 784), 100 + 50j))  # was made real, with numpy's ComplexWarning
     args, message = BAD_INPUTS[case]
     r = _run(["--endpoint", f"127.0.0.1:{server.http_port}", "--route", "direct", "--retries", "0", *args(tmp_path)])
     lines = r.stderr.strip().splitlines()
