@@ -152,7 +152,10 @@ BAD_INPUTS = {  # case -> (arguments after the endpoint, given a tmp folder; wha
     "an empty .npy": (lambda tmp: [str(tmp / "empty.npy")], "empty.npy is not a .npy array (it is empty)"),
     "text named .npy": (lambda tmp: [str(tmp / "text.npy")], "text.npy is not a .npy array (it does not start as one"),
     "a .npy that claims 8 TB": (lambda tmp: [str(tmp / "huge.npy")], "huge.npy is not a readable .npy array (shorter"),
-    "a complex .npy": (lambda tmp: [str(tmp / "complex.npy")], "pixels must be real numbers 0..255, got complex numbers"),
+    "a complex .npy": (
+        lambda tmp: [str(tmp / "complex.npy")],
+        "pixels must be real numbers 0..255, got complex numbers",
+    ),
 }
 
 
