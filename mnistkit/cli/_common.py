@@ -87,21 +87,47 @@ def errors_to_exit(f: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _opposite(flag: str) -> str:
+    """``--no-cuda`` -> ``--cuda``, ``--download`` -> ``--no-download``."""
+    return "--" + flag[5:] if flag.startswith("--no-") else "--no-" + flag[2:]
+
+
+class _OrNone(click.ParamType):
+    """A number, or ``none`` for an option whose unset value means something (all the images,
+    torch's threads, every epoch evaluated): how a flag beside ``--config`` removes a saved cap.
+    The word ``TrainConfig.parse_args`` (a polyaxonfile's commands) accepts too."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = click.types.convert_type(inner)
+        self.name = f"{self.inner.name}|none"
+
+    def get_metavar(self, param: click.Parameter) -> str:
+        return f"{self.inner.name.upper()}|none"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+            return None
+        return self.inner.convert(value, param, ctx)
+
+
 def table_options(table: Mapping[str, Any], skip: tuple[str, ...] = ()) -> Callable[[F], F]:
     """click options for every row of an option table (``mnistkit.config.OPTIONS``)."""
 
     def decorate(f: F) -> F:
         for o in reversed([o for name, o in table.items() if name not in skip]):
             kwargs: dict[str, Any] = {"help": o.help, "envvar": o.env}
-            if o.type is bool:
-                kwargs["is_flag"] = True
+            decls = o.flag
+            if o.type is bool:  # with its opposite, so a saved config's (--config) can be turned off
+                decls = f"{o.flag}/{_opposite(o.flag)}"
+                kwargs["default"] = bool(o.default)
             else:
-                kwargs["type"] = click.Choice(list(o.choices)) if o.choices else o.type
+                kind = click.Choice(list(o.choices)) if o.choices else o.type
+                kwargs["type"] = _OrNone(kind) if o.optional and o.type is not str else kind
                 kwargs["default"] = o.default
                 kwargs["show_default"] = o.default is not None
             if o.env:
-                kwargs["help"] = f"{o.help} [env {o.env}]"
-            f = click.option(o.flag, o.name, **kwargs)(f)
+                kwargs["help"] = f"{kwargs['help']} [env {o.env}]"
+            f = click.option(decls, o.name, **kwargs)(f)
         return f
 
     return decorate

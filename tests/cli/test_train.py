@@ -255,6 +255,38 @@ def test_a_run_folder_reproduces_its_run_with_config(tmp_path):
     assert json.loads(changed.stdout)["artifact_sha256"] != original["artifact_sha256"]  # another seed
 
 
+def test_flags_beside_config_turn_its_switches_off_and_remove_its_caps(tmp_path, monkeypatch):
+    """A saved config's switch (--no-cuda, --download) has its opposite (--cuda, --no-download),
+    and a cap (--train-samples, --threads, --eval-last) can be set back to none, as a
+    polyaxonfile's command may say too. Before, a saved --no-cuda could not be turned off."""
+    from mnistkit.config import TrainConfig
+
+    TrainConfig(epochs=1, train_samples=500, test_samples=200, no_cuda=True, eval_last=1, threads=1).save(
+        tmp_path / "saved.json"
+    )
+    monkeypatch.setenv("MNISTKIT_DATA_DIR", str(REPO / "examples" / "data"))
+    flags = ["--cuda", "--train-samples", "none", "--threads", "None", "--eval-last", "none", "--test-samples", "100"]
+    result = CliRunner(mix_stderr=False).invoke(
+        train_main, ["--config", str(tmp_path / "saved.json"), *flags, "--output-dir", str(tmp_path / "o"), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "o" / json.loads(result.stdout)["run_id"]
+    config = json.loads((run / "config.json").read_text())["config"]
+    assert (config["no_cuda"], config["train_samples"], config["threads"], config["eval_last"]) == (
+        False,
+        None,
+        None,
+        None,
+    )
+    assert config["test_samples"] == 100 and config["epochs"] == 1
+    kept = CliRunner(mix_stderr=False).invoke(
+        train_main, ["--config", str(run), "--test-samples", "100", "--output-dir", str(tmp_path / "p"), "--json"]
+    )  # the new run's own config: its switch stays off (nothing given)
+    assert kept.exit_code == 0, kept.output
+    again = json.loads((tmp_path / "p" / json.loads(kept.stdout)["run_id"] / "config.json").read_text())["config"]
+    assert again["no_cuda"] is False and again["train_samples"] is None
+
+
 @pytest.mark.parametrize(
     "args, says",
     [
