@@ -79,6 +79,11 @@ log = logging.getLogger(__name__)
 TRIAL_OPTIONS = tuple(n for n in OPTIONS if n not in (*PLACEMENT, "download", "threads"))
 
 
+#: the recorded metrics that get better one way, and which: a loss picked as the highest would
+#: be the worst trial (best_epoch has no such way: a search on it says which it wants)
+BETTER_WHEN_HIGHER = {"test_accuracy": True, "test_loss": False}
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     """How to run a search here (the spec says what to search)."""
@@ -88,7 +93,7 @@ class SearchConfig:
     concurrency: int | None = None  # None: the file's value
     seed: int = 1  # sampling seed when the file gives none
     metric: str = "test_accuracy"
-    maximize: bool = True
+    maximize: bool | None = None  # None: the way the metric gets better (accuracy up, loss down)
     train_samples: int | None = None  # caps applied to every trial, for quick runs
     test_samples: int | None = None
     max_epochs: int | None = None
@@ -108,6 +113,12 @@ class SearchConfig:
             raise ConfigError(f"not training options: {', '.join(unknown)}")
         if self.metric not in RECORDED_METRICS:
             raise ConfigError(f"--metric {self.metric!r} is not recorded by a trial; use {', '.join(RECORDED_METRICS)}")
+        if self.maximize is None:
+            if self.metric not in BETTER_WHEN_HIGHER:
+                raise ConfigError(
+                    f"--metric {self.metric} is neither better high nor low: add --minimize or --maximize"
+                )
+            return replace(self, maximize=BETTER_WHEN_HIGHER[self.metric]).validate()
         if self.group_name is not None:
             check_group_name(self.group_name, "--group-name", ConfigError)
         return self

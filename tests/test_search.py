@@ -81,6 +81,20 @@ def test_best_is_the_argmax_and_recorded(seed_group):
     assert csv_lines[0].startswith("trial,status") and len(csv_lines) == 11
 
 
+def test_a_loss_picks_the_trial_with_the_lowest_loss_unless_told_otherwise(seed_group, tmp_path):
+    """--metric test_loss alone used to pick the highest loss (maximize was the default for every
+    metric), the worst trial, and mnistkit-build packaged it. The finished trials are reused."""
+    shutil.copytree(seed_group.group_dir, tmp_path / "seed")
+    config = SearchConfig(output_dir=str(tmp_path), group_name="seed", concurrency=2, metric="test_loss", **CAPS)
+    result = run_group(read_polyaxonfile(SEED_FILE), config)
+    losses = {t.name: t.metrics["test_loss"] for t in result.trials}
+    assert result.reused == len(result.trials) == 10  # nothing trained again
+    best = read_best(result.group_dir)
+    assert best["optimization"] == "minimize" and best["value"] == min(losses.values()) == losses[best["trial"]]
+    asked = run_group(read_polyaxonfile(SEED_FILE), replace(config, maximize=True))  # said outright: as asked
+    assert read_best(asked.group_dir)["value"] == max(losses.values())
+
+
 def test_sampling_is_reproducible_and_follows_the_seed():
     spec = read_polyaxonfile(SEED_FILE)
     assert plan_trials(spec, seed=5) == plan_trials(spec, seed=5)
@@ -224,6 +238,10 @@ def test_logspace_takes_its_base():
             "--metric 'accuracy' is not recorded by a trial; use test_accuracy, test_loss, best_epoch",
         ),
         (["--group-name", "../x"], "--group-name '../x' must be letters, digits"),
+        (
+            ["--metric", "best_epoch"],
+            "--metric best_epoch is neither better high nor low: add --minimize or --maximize",
+        ),
     ],
 )
 def test_search_options_are_checked_before_any_trial_runs(flags, message, tmp_path):

@@ -49,7 +49,12 @@ _SEARCH_OWN = ("output_dir", "train_samples", "test_samples", "data_dir", "run_n
 @click.option("--concurrency", type=int, help="With -f: trials at once (default: the file's).")
 @click.option("--group-name", help="With -f: name of the group folder (an existing one is resumed).")
 @click.option("--metric", default="test_accuracy", show_default=True, help="With -f: metric that picks the best trial.")
-@click.option("--minimize", is_flag=True, help="With -f: the best trial has the lowest --metric (e.g. test_loss).")
+@click.option(
+    "--minimize/--maximize",
+    default=None,
+    help="With -f: the best trial has the lowest (highest) --metric. Default: the metric's own way, "
+    "test_accuracy highest, test_loss lowest.",
+)
 @click.option("--max-epochs", type=int, help="With -f: cap every trial's epochs.")
 @click.option(
     "--export",
@@ -74,7 +79,7 @@ def main(
     concurrency: int | None,
     group_name: str | None,
     metric: str,
-    minimize: bool,
+    minimize: bool | None,
     max_epochs: int | None,
     export_path: str | None,
     image: str,
@@ -181,7 +186,7 @@ def _search(
     concurrency: int | None,
     group_name: str | None,
     metric: str,
-    minimize: bool,
+    minimize: bool | None,
     max_epochs: int | None,
     export_path: str | None,
     image: str,
@@ -198,7 +203,7 @@ def _search(
         group_name=group_name,
         concurrency=concurrency,
         metric=metric,
-        maximize=not minimize,
+        maximize=None if minimize is None else not minimize,
         train_samples=options["train_samples"],
         test_samples=options["test_samples"],
         max_epochs=max_epochs,
