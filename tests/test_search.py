@@ -242,6 +242,7 @@ def test_logspace_takes_its_base():
             ["--metric", "best_epoch"],
             "--metric best_epoch is neither better high nor low: add --minimize or --maximize",
         ),
+        (["--run-name", "foo"], "--run-name names one training run; name a search's folder with --group-name"),
     ],
 )
 def test_search_options_are_checked_before_any_trial_runs(flags, message, tmp_path):

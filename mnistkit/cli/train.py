@@ -175,6 +175,8 @@ def _check_search_flags(polyaxonfile: str | None, export_path: str | None) -> No
         raise ConfigError(
             f"{flags} only appl{'ies' if len(search_only) == 1 else 'y'} to a search: add -f POLYAXONFILE"
         )
+    if polyaxonfile and given_on_command_line(["run_name"]):  # trials are named trial-NNN
+        raise ConfigError("--run-name names one training run; name a search's folder with --group-name")
     if "image" in search_only and not export_path:
         raise ConfigError("--image names the image of the exported polyaxonfile's trials: add --export FILE")
 
@@ -272,7 +274,10 @@ def _fmt(v: object) -> str:
 def _import(legacy: str, output_dir: str, run_name: str | None, as_json: bool) -> None:
     from ..artifact import import_legacy
 
-    target = Path(output_dir) / (run_name or f"imported-{Path(legacy).stem}") / "model"
+    run_dir = Path(output_dir) / (run_name or f"imported-{Path(legacy).stem}")
+    if run_dir.exists() or run_dir.is_symlink():  # as training refuses it: never replace a run's model
+        raise ConfigError(f"run folder {run_dir} already exists; choose another --run-name or remove it")
+    target = run_dir / "model"
     sha = import_legacy(legacy, target)
     if as_json:
         click.echo(json.dumps({"artifact": str(target), "artifact_sha256": sha}))

@@ -173,13 +173,33 @@ def test_import_legacy_refuses_nan_weights(tmp_path):
     assert not (tmp_path / "runs").exists()
 
 
+def _run_ok(flags, tmp_path, name):
+    """Train a run named ``name`` into tmp_path/runs; its manifest's bytes."""
+    args = [*flags, "--data-dir", str(REPO / "examples" / "data"), "--output-dir", str(tmp_path / "runs")]
+    result = CliRunner(mix_stderr=False).invoke(train_main, [*args, "--run-name", name])
+    assert result.exit_code == 0, result.output
+    return (tmp_path / "runs" / name / "model" / "manifest.json").read_bytes()
+
+
 def test_import_legacy_cli(tmp_path):
     torch.save(Network().state_dict(), tmp_path / "model.dat")
     result = CliRunner(mix_stderr=False).invoke(
         train_main, ["--import-legacy", str(tmp_path / "model.dat"), "--output-dir", str(tmp_path / "runs")]
     )
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "runs" / "imported-model" / "model" / "manifest.json").exists()
+    manifest = tmp_path / "runs" / "imported-model" / "model" / "manifest.json"
+    before = manifest.read_bytes()
+    # another model.dat, or a trained run's name: refused, as training refuses it (it replaced the model)
+    torch.save(Network().state_dict(), tmp_path / "model.dat")
+    trained = _run_ok(["--epochs", "1", "--train-samples", "200", "--test-samples", "100"], tmp_path, "t1")
+    for name in ("imported-model", "t1"):
+        args = ["--import-legacy", str(tmp_path / "model.dat"), "--output-dir", str(tmp_path / "runs")]
+        again = CliRunner(mix_stderr=False).invoke(train_main, [*args, *(["--run-name", name] if name == "t1" else [])])
+        assert again.exit_code == 1 and f"run folder {tmp_path / 'runs' / name} already exists" in again.stderr
+    assert (
+        manifest.read_bytes() == before
+        and (tmp_path / "runs" / "t1" / "model" / "manifest.json").read_bytes() == trained
+    )
 
 
 @pytest.mark.parametrize("command", ["mnistkit-train", "mnistkit-build", "mnistkit-query", "mnistkit-pipeline"])
