@@ -150,7 +150,11 @@ def open_tracker(run_dir: Path, *, polyaxon: bool | None = None) -> tuple[Tracke
             "1",
             "true",
         )
-        px = PolyaxonTracker(offline=offline, artifacts_path=str(run_dir / "polyaxon") if offline else None)
+        try:
+            px = PolyaxonTracker(offline=offline, artifacts_path=str(run_dir / "polyaxon") if offline else None)
+        except BaseException:
+            trackers[0].close()  # its file, in a run folder about to go
+            raise
         trackers.append(px)
         log.info("reporting metrics to Polyaxon%s", " (offline)" if offline else "")
     return _Fanout(trackers), px

@@ -19,7 +19,6 @@ error file when it fails), never through its output.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import functools
 import gc
 import json
@@ -168,6 +167,7 @@ class _Run:
     history: list[EpochMetrics] = field(default_factory=list)
     best: EpochMetrics | None = None
     sha256: str = ""
+    made: Path | None = None  # the outermost folder of --output-dir that this run created
 
     def __post_init__(self) -> None:
         torch.manual_seed(self.config.seed)
@@ -280,19 +280,39 @@ def _shifted(padded: torch.Tensor, k: int, start: int = 0) -> torch.Tensor:
     return out
 
 
+def _outermost_missing(folder: Path) -> Path | None:
+    """The outermost folder of ``folder``'s path that does not exist yet (the first a run makes)."""
+    missing, p = None, Path(os.path.abspath(folder))
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        missing, p = p, p.parent
+    return missing
+
+
+def _remove_run(run_dir: Path, made: Path | None) -> None:
+    """Remove a run folder and, innermost first, the empty folders the run made above it up to
+    ``made`` (an --output-dir it created), unless another run went there meanwhile."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    p = Path(os.path.abspath(run_dir)).parent
+    while made is not None and p.is_relative_to(made):
+        try:
+            p.rmdir()
+        except OSError:  # not empty: something else is in it
+            return
+        p = p.parent
+
+
 def _open_run(config: TrainConfig, data: MNISTData) -> _Run:
     """Create the run folder, write its config, move the data to the device."""
     settings()  # a bad MNISTKIT_* value is refused before any folder is made
-    made_root = not Path(config.output_dir).exists()
+    made = _outermost_missing(Path(config.output_dir))
     run_dir = _new_run_dir(config)
     try:
-        return _prepare_run(config, data, run_dir)
+        run = _prepare_run(config, data, run_dir)
     except BaseException:  # a full disk, Ctrl-C: no run folder with only part of its files
-        shutil.rmtree(run_dir, ignore_errors=True)
-        if made_root:  # nor the --output-dir this run made, if nothing else went there
-            with contextlib.suppress(OSError):
-                Path(config.output_dir).rmdir()
+        _remove_run(run_dir, made)  # nor the --output-dir folders this run made
         raise
+    run.made = made
+    return run
 
 
 def _prepare_run(config: TrainConfig, data: MNISTData, run_dir: Path) -> _Run:
@@ -308,6 +328,17 @@ def _prepare_run(config: TrainConfig, data: MNISTData, run_dir: Path) -> _Run:
     }
     write_atomic(run_dir / "config.json", json.dumps(meta, indent=2, sort_keys=True) + "\n", error=TrainingError)
     tracker, _ = open_tracker(run_dir)
+    try:
+        return _place_data(config, data, run_dir, device, bf16, tracker)
+    except BaseException:
+        tracker.close()  # before the folder goes
+        raise
+
+
+def _place_data(
+    config: TrainConfig, data: MNISTData, run_dir: Path, device: torch.device, bf16: bool, tracker: Tracker
+) -> _Run:
+    """Log the run's start, move its images to the device (as the first layer reads them)."""
     tracker.log_params(asdict(config))
     n_train = min(config.train_samples or len(data.train_images), len(data.train_images))
     n_test = min(config.test_samples or len(data.test_images), len(data.test_images))
@@ -357,14 +388,19 @@ def fit(
     """Train the seed network as ``config`` says; return where the run went and how well it did.
 
     ``data`` may be passed in to share one loaded copy between runs (tests, benchmarks).
-    ``threads`` applies while it trains; the caller's setting is restored afterwards.
+    ``threads`` applies while it trains; the caller's setting, and the state of torch's global
+    random generator (which training seeds), are restored afterwards. Training uses torch's
+    process-wide state (that generator, threads, oneDNN's mode): run one ``fit`` at a time in a
+    process; a search runs its trials as processes.
     """
     config.validate()
     before = torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
+    cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     try:
-        return _fit(config, data, on_epoch)
+        with torch.random.fork_rng(devices=cuda):
+            return _fit(config, data, on_epoch)
     finally:
         if config.threads:
             torch.set_num_threads(before)
@@ -418,7 +454,7 @@ def _stopped(run: _Run, epoch: int) -> None:
     (atomically, a complete model) is kept, without result.json (it did not finish), and said so."""
     best = run.best
     if best is None or best.test_accuracy is None or not run.sha256:
-        shutil.rmtree(run.run_dir, ignore_errors=True)
+        _remove_run(run.run_dir, run.made)
         return
     log.warning(
         "stopped during epoch %d: the best epoch so far (%d, accuracy %.2f%%) is kept in %s",

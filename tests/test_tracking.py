@@ -1,6 +1,9 @@
 """Polyaxon reporting with the real polyaxon client, in its offline mode (no API server
 can run here; offline mode is the client's own way of writing the same events)."""
 
+import gc
+import warnings
+
 import pytest
 
 from mnistkit.config import TrainConfig
@@ -40,6 +43,11 @@ def test_polyaxon_on_outside_a_polyaxon_job_names_the_setting(mnist, tmp_path, m
     for key in ("POLYAXON_RUN_INSTANCE", "POLYAXON_IS_MANAGED"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("MNISTKIT_POLYAXON", "on")
-    with pytest.raises(ConfigError, match="Polyaxon tracking could not start .*MNISTKIT_POLYAXON=offline or off"):
-        fit(TrainConfig(epochs=1, train_samples=64, test_samples=64, output_dir=str(tmp_path / "o")), mnist)
-    assert not (tmp_path / "o").exists()
+    config = TrainConfig(epochs=1, train_samples=64, test_samples=64, output_dir=str(tmp_path / "o" / "runs"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(ConfigError, match="Polyaxon tracking could not start .*MNISTKIT_POLYAXON=offline or off"):
+            fit(config, mnist)
+        gc.collect()  # an unclosed metrics.jsonl warns when its file object goes
+    assert not (tmp_path / "o").exists()  # nor the folders made for --output-dir
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning) and "metrics.jsonl" in str(w.message)]

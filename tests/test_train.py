@@ -1,5 +1,6 @@
 import json
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -70,11 +71,26 @@ def test_threads_apply_while_training_and_are_restored(mnist, tmp_path):
     assert seen == [1] and torch.get_num_threads() == before
 
 
+def test_the_callers_random_generator_is_left_as_it_was(mnist, tmp_path):
+    """fit seeds torch's global generator to train; the caller's stream goes on as if it had not."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    fit(TrainConfig(epochs=1, train_samples=256, test_samples=100, output_dir=str(tmp_path)), mnist)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_divergence_is_a_training_error(mnist, tmp_path):
-    config = TrainConfig(epochs=1, lr=1e6, momentum=0.9, train_samples=512, output_dir=str(tmp_path), run_name="x")
+    """Nothing was saved: no half-made run folder, nor the --output-dir folders the run made."""
+    out = tmp_path / "new" / "runs"
+    config = TrainConfig(epochs=1, lr=1e6, momentum=0.9, train_samples=512, output_dir=str(out), run_name="x")
     with pytest.raises(TrainingError, match="diverged"):
         fit(config, mnist)
-    assert not (tmp_path / "x").exists()  # nothing was saved: no half-made run folder
+    assert list(tmp_path.iterdir()) == []  # (it left an empty new/runs)
+    (tmp_path / "kept").mkdir()  # a folder that was there stays, empty or not
+    with pytest.raises(TrainingError, match="diverged"):
+        fit(replace(config, output_dir=str(tmp_path / "kept")), mnist)
+    assert list(tmp_path.iterdir()) == [tmp_path / "kept"] and not list((tmp_path / "kept").iterdir())
 
 
 def test_ctrl_c_keeps_the_best_epoch_so_far_or_nothing(tmp_path):
