@@ -170,7 +170,9 @@ def attach_onnx(
             f"(limit {MAX_DIFF:.0e}), same digit for {parity.argmax_equal} of {parity.images} images; "
             "build with --runtime torch"
         )
-    record = add_onnx(folder, onnx_model, opset=OPSET, parity=parity.to_json(), source_sha256=sha256)
+    # exported again (a second call on one folder): the trained artifact is still the one the first named
+    source = (manifest.get("onnx") or {}).get("source_sha256", sha256)
+    record = add_onnx(folder, onnx_model, opset=OPSET, parity=parity.to_json(), source_sha256=source)
     log.info(
         "exported %s to ONNX in %.1fs; parity over %d images: max difference %.1e, %d/%d same digit",
         folder,

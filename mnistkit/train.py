@@ -19,6 +19,7 @@ error file when it fails), never through its output.
 from __future__ import annotations
 
 import atexit
+import errno
 import functools
 import gc
 import json
@@ -40,7 +41,8 @@ from typing import Any
 # machines shared with builds and test suites that mnistkit trains on; sleeping costs a
 # few percent on an idle machine. Only where nobody chose otherwise, and only when torch
 # is not loaded yet (as in mnistkit-train and a search's trials).
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+if "torch" not in sys.modules:  # (once loaded, OpenMP has read it; only child processes would)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 import torch.nn.functional as F
@@ -140,13 +142,18 @@ def _new_run_dir(config: TrainConfig) -> Path:
     run_dir = root / name
     if root.exists() and not root.is_dir():
         raise ConfigError(f"--output-dir {root} is a file, not a folder; name a folder for the runs")
+    if root.is_symlink() and not root.exists():
+        raise ConfigError(
+            f"--output-dir {root} is a link to {os.readlink(root)}, which does not exist; fix or remove it"
+        )
     try:
         root.mkdir(parents=True, exist_ok=True)
         run_dir.mkdir()
     except FileExistsError:
         raise ConfigError(f"run folder {run_dir} already exists; choose another --run-name or remove it") from None
     except OSError as e:
-        raise ConfigError(f"cannot create run folder {run_dir}: {e.strerror}; choose a writable --output-dir") from None
+        fix = "choose a shorter --run-name" if e.errno == errno.ENAMETOOLONG else "choose a writable --output-dir"
+        raise ConfigError(f"cannot create run folder {run_dir}: {e.strerror}; {fix}") from None
     return run_dir
 
 
@@ -292,7 +299,12 @@ def _remove_run(run_dir: Path, made: Path | None) -> None:
     """Remove a run folder and, innermost first, the empty folders the run made above it up to
     ``made`` (an --output-dir it created), unless another run went there meanwhile."""
     shutil.rmtree(run_dir, ignore_errors=True)
-    p = Path(os.path.abspath(run_dir)).parent
+    _remove_made(run_dir.parent, made)
+
+
+def _remove_made(folder: Path, made: Path | None) -> None:
+    """Remove ``folder`` and its parents, innermost first, while empty and inside ``made``."""
+    p = Path(os.path.abspath(folder))
     while made is not None and p.is_relative_to(made):
         try:
             p.rmdir()
@@ -305,7 +317,11 @@ def _open_run(config: TrainConfig, data: MNISTData) -> _Run:
     """Create the run folder, write its config, move the data to the device."""
     settings()  # a bad MNISTKIT_* value is refused before any folder is made
     made = _outermost_missing(Path(config.output_dir))
-    run_dir = _new_run_dir(config)
+    try:
+        run_dir = _new_run_dir(config)
+    except BaseException:  # (the --output-dir was made, the run folder could not be)
+        _remove_made(Path(config.output_dir), made)
+        raise
     try:
         run = _prepare_run(config, data, run_dir)
     except BaseException:  # a full disk, Ctrl-C: no run folder with only part of its files

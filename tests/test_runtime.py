@@ -53,6 +53,19 @@ def test_numpy_preprocessing_equals_torch_bit_for_bit_on_real_digits(mnist, shap
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))  # identical bits, not merely close
 
 
+def test_an_export_made_twice_still_names_the_trained_artifact(trained_run, mnist, tmp_path):
+    """The second export's record named the manifest the first had changed, not the trained run."""
+    from mnistkit.artifact import read_manifest
+
+    folder = tmp_path / "model"
+    shutil.copytree(trained_run.artifact, folder)
+    trained = read_manifest(folder)[1]
+    images = mnist.test_images[:200].numpy()
+    assert attach_onnx(folder, images=images)["source_sha256"] == trained
+    assert attach_onnx(folder, images=images)["source_sha256"] == trained
+    assert read_manifest(folder)[0]["onnx"]["source_sha256"] == trained
+
+
 def test_export_parity_over_the_whole_test_set(onnx_model):
     _, record = onnx_model
     parity = record["parity"]

@@ -123,18 +123,32 @@ def test_missing_data_dir(tmp_path):
         (["--threads", "100000"], "--threads must be at most 1024"),
         (["--data-dir", ""], "--data-dir is empty"),
         (["--output-dir", "{tmp}/afile"], "--output-dir {tmp}/afile is a file, not a folder"),
+        (["--output-dir", "{tmp}/broken"], "--output-dir {tmp}/broken is a link to /nowhere, which does not exist"),
+        (["--run-name", "r" * 300], "cannot create run folder {tmp}/o/rrr"),
     ],
-    ids=["huge seed", "huge lr", "huge weight decay", "huge threads", "empty data dir", "output dir a file"],
+    ids=[
+        "huge seed",
+        "huge lr",
+        "huge weight decay",
+        "huge threads",
+        "empty data dir",
+        "output dir a file",
+        "output dir a broken link",  # it said the run folder already existed
+        "run name too long",  # it said to choose a writable --output-dir, and left that folder made
+    ],
 )
 def test_values_no_run_can_use_are_one_line_and_leave_nothing(tmp_path, args, says):
     (tmp_path / "afile").write_text("x")
+    (tmp_path / "broken").symlink_to("/nowhere")
     args = [a.format(tmp=tmp_path) for a in args]
     out = ["--output-dir", str(tmp_path / "o")] if "--output-dir" not in args else []
     result = CliRunner(mix_stderr=False).invoke(train_main, ["--epochs", "1", "--train-samples", "64", *out, *args])
     assert result.exit_code == 1, result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: " + says.format(tmp=tmp_path)), result.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no run folder, no output folder
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "broken"]  # no run folder, no output folder
+    if "too long" in result.stderr:
+        assert "File name too long; choose a shorter --run-name" in lines[0]
 
 
 def test_a_bad_setting_leaves_no_output_folder(tmp_path, monkeypatch):
