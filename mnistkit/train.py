@@ -58,7 +58,16 @@ from .optim import make_optimizer
 from .settings import settings
 from .tracking import Tracker, open_tracker
 
-__all__ = ["TrainConfig", "RunResult", "EpochMetrics", "fit", "evaluate", "bf16_supported", "main"]
+__all__ = [
+    "TrainConfig",
+    "RunResult",
+    "EpochMetrics",
+    "fit",
+    "evaluate",
+    "bf16_supported",
+    "skip_final_collection",
+    "main",
+]
 
 log = logging.getLogger(__name__)
 
@@ -390,11 +399,13 @@ def _place_data(
 
 
 @functools.cache
-def _skip_the_final_collection() -> None:
-    """At exit, Python's last garbage collection walks every object still alive; torch
-    leaves so many that it takes ~0.15 s of a training process (~0.4 s more where
-    torch._dynamo and sympy are loaded). Freezing them when the interpreter exits
-    skips that walk; nothing else changes (Python never promised finalizers at exit)."""
+def skip_final_collection() -> None:
+    """For a training process's entry point (``mnistkit-train``, a search's trial): at exit,
+    Python's last garbage collection walks every object still alive; torch leaves so many
+    that it takes ~0.15 s of a training process (~0.4 s more where torch._dynamo and sympy
+    are loaded). Freezing them when the interpreter exits skips that walk. Not done by ``fit``
+    itself: in a program of the caller's, objects of its own in reference cycles would then
+    not be finalised at exit."""
     atexit.register(gc.freeze)
 
 
@@ -424,7 +435,6 @@ def fit(
 
 def _fit(config: TrainConfig, data: MNISTData | None, on_epoch: Callable[[EpochMetrics], None] | None) -> RunResult:
     started = time.perf_counter()
-    _skip_the_final_collection()
     run = _open_run(config, data if data is not None else load_mnist(config.data_dir, download=config.download))
     # oneDNN (convolutions, matmuls) may pick kernels that are not run-to-run reproducible
     # (atomics) unless asked for deterministic ones: on the CPU, ask; restored afterwards.
@@ -492,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--error-file", help="where to write the error of an expected failure")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    skip_final_collection()
     try:
         fit(TrainConfig.load(args.config))
     except MnistkitError as e:

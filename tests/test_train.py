@@ -10,6 +10,7 @@ from mnistkit.config import TrainConfig
 from mnistkit.errors import ConfigError, TrainingError
 from mnistkit.tracking import read_metrics
 from mnistkit.train import fit
+from support import REPO
 
 
 def _weights_hash(run):
@@ -222,3 +223,26 @@ def test_fast99_recipe_is_a_valid_config():
 def test_new_values_are_checked(field, value):
     with pytest.raises(ConfigError):
         TrainConfig(**{field: value}).validate()
+
+
+def test_a_library_caller_still_finalises_its_objects_at_exit(tmp_path):
+    """fit used to register gc.freeze at exit in any process that called it (mnistkit-train's
+    speed-up): a caller's own objects in reference cycles were then never finalised at exit."""
+    import subprocess
+    import sys
+
+    data = REPO / "examples" / "data"
+    code = (
+        "from mnistkit.config import TrainConfig\n"
+        "from mnistkit.train import fit\n"
+        "class Held:\n"
+        "    def __del__(self):\n"
+        "        print('finalised', flush=True)\n"
+        "held = Held()\n"
+        "held.me = held\n"
+        f"fit(TrainConfig(epochs=1, train_samples=64, test_samples=64, data_dir={str(data)!r}, "
+        f"output_dir={str(tmp_path)!r}))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().splitlines()[-1] == "finalised", r.stdout

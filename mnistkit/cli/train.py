@@ -120,8 +120,9 @@ def main(
     if legacy:
         _import(legacy, config.output_dir, config.run_name, as_json)
         return
-    from ..train import fit  # torch loads here, after --help
+    from ..train import fit, skip_final_collection  # torch loads here, after --help
 
+    skip_final_collection()  # this process ends when the run does
     result = fit(config)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
