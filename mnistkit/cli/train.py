@@ -120,6 +120,10 @@ def main(
     if legacy:
         _import(legacy, config.output_dir, config.run_name, as_json)
         return
+    _train(config, as_json)
+
+
+def _train(config: TrainConfig, as_json: bool) -> None:
     from ..train import fit, skip_final_collection  # torch loads here, after --help
 
     skip_final_collection()  # this process ends when the run does
