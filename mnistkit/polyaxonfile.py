@@ -45,6 +45,7 @@ __all__ = [
     "write_v1",
     "DISCRETE",
     "CONTINUOUS",
+    "BETTER_WHEN_HIGHER",
     "RECORDED_METRICS",
     "check_group_name",
     "check_trial_count",
@@ -125,6 +126,9 @@ _V1_TOP = {
 _TEMPLATE = re.compile(r"\{\{\s*([\w.]+)\s*\}\}")
 #: what every finished trial records, so what a search can pick by or stop early on
 RECORDED_METRICS = ("test_accuracy", "test_loss", "best_epoch")
+#: the recorded metrics that get better one way, and which (a loss picked as the highest would
+#: be the worst trial; best_epoch has no such way)
+BETTER_WHEN_HIGHER = {"test_accuracy": True, "test_loss": False}
 #: a group folder's name: one path component, as Polyaxon's names are (no "/", no "..")
 _GROUP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 #: the most values one discrete distribution may give (a grid of more is a typo, not a search)
@@ -498,7 +502,8 @@ def _early_stop(es: Mapping[str, Any], where: str) -> EarlyStopping:
         raise SearchError(f"{where}: needs metric and value")
     if es["metric"] not in RECORDED_METRICS:
         raise SearchError(f"{where}: metric {es['metric']!r} is not recorded; use {', '.join(RECORDED_METRICS)}")
-    opt = str(es.get("optimization", "maximize")).lower()
+    # unsaid: the way the metric gets better (a loss that "maximizes" stopped the group at once)
+    opt = str(es.get("optimization", "maximize" if BETTER_WHEN_HIGHER.get(es["metric"], True) else "minimize")).lower()
     if opt not in ("maximize", "minimize"):
         raise SearchError(f"{where}: optimization must be maximize or minimize")
     return EarlyStopping(str(es["metric"]), float(_number(es["value"], where)), opt)

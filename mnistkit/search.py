@@ -49,6 +49,7 @@ from .data import check_mnist
 from .errors import ConfigError, SearchError
 from .files import os_reason, write_atomic
 from .polyaxonfile import (
+    BETTER_WHEN_HIGHER,
     RECORDED_METRICS,
     Distribution,
     EarlyStopping,
@@ -77,11 +78,6 @@ log = logging.getLogger(__name__)
 
 #: The training options a polyaxonfile's command may set (not where runs go, no downloads).
 TRIAL_OPTIONS = tuple(n for n in OPTIONS if n not in (*PLACEMENT, "download", "threads"))
-
-
-#: the recorded metrics that get better one way, and which: a loss picked as the highest would
-#: be the worst trial (best_epoch has no such way: a search on it says which it wants)
-BETTER_WHEN_HIGHER = {"test_accuracy": True, "test_loss": False}
 
 
 @dataclass(frozen=True)

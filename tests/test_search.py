@@ -438,6 +438,20 @@ def test_every_trial_failing_fails_the_command(tmp_path):
     assert r.exit_code == 1 and r.stderr.startswith("Error: every trial failed (training diverged")
 
 
+@pytest.mark.parametrize(
+    "stop, optimization",
+    [
+        ({"metric": "test_loss", "value": 0.1}, "minimize"),  # it read "maximize": the first trial stopped the group
+        ({"metric": "test_accuracy", "value": 0.9}, "maximize"),
+        ({"metric": "test_loss", "value": 0.1, "optimization": "maximize"}, "maximize"),  # said: as said
+    ],
+)
+def test_an_early_stop_without_optimization_goes_the_way_its_metric_gets_better(stop, optimization):
+    doc = seed_doc()
+    doc["hptuning"]["early_stopping"] = [stop]
+    assert parse_polyaxonfile(doc).early_stopping[0].optimization == optimization
+
+
 def test_early_stopping_stops_the_group_and_a_rerun_stops_before_training_anything(tmp_path):
     doc = seed_doc()
     doc["hptuning"]["early_stopping"] = [{"metric": "test_accuracy", "value": 0.0, "optimization": "maximize"}]
