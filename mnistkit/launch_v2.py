@@ -69,15 +69,43 @@ class LaunchConfig:
     port: int = 8080
     processes: int = 2
     max_body: int = 4 * 1024 * 1024
+    #: MLServer's other ports by variable (0: none): every process binds gRPC's (with
+    #: SO_REUSEPORT, so a second server would silently join it), the first the metrics one
+    other_ports: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def from_env(cls, folder: str = ".", environ: MutableMapping[str, str] | None = None) -> "LaunchConfig":
         env = os.environ if environ is None else environ
         s = settings(env)
-        port = env.get("MLSERVER_HTTP_PORT") or env.get("PORT") or "8080"
-        if not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ConfigError(f"the HTTP port {port!r} (MLSERVER_HTTP_PORT, else PORT) is not a port number")
-        return cls(folder, env.get("MLSERVER_HOST") or "0.0.0.0", int(port), max(1, s.processes), s.max_body)
+        port = _port(
+            env.get("MLSERVER_HTTP_PORT") or env.get("PORT") or "8080", "the HTTP port", "MLSERVER_HTTP_PORT, else PORT"
+        )
+        others = tuple(
+            (name, _port(env.get(name) or default, name, "MLServer's"))
+            for name, default in (("MLSERVER_GRPC_PORT", "8081"), ("MLSERVER_METRICS_PORT", "8082"))
+        )
+        host = env.get("MLSERVER_HOST") or "0.0.0.0"
+        return cls(folder, host, port, max(1, s.processes), s.max_body, tuple(o for o in others if o[1]))
+
+
+def _port(value: str, what: str, where: str) -> int:
+    if not value.isdigit() or not 0 <= int(value) < 65536:
+        raise ConfigError(f"{what} {value!r} ({where}) is not a port number")
+    return int(value)
+
+
+def _check_folder(folder: str) -> None:
+    """Refuse, before anything starts, a folder with no model to serve: MLServer would serve
+    none, its readiness saying 200 while every inference got a 404."""
+    if not os.path.isdir(folder):
+        raise ServingError(f"{folder} is not a folder; give the V2 source folder (model-settings.json beside model/)")
+    for _, _, files in os.walk(folder):
+        if "model-settings.json" in files:
+            return
+    raise ServingError(
+        f"{folder} holds no model-settings.json, so there is no model to serve; give the folder that "
+        "'mnistkit-build SOURCE --server mlserver --source-only DIR' writes"
+    )
 
 
 async def _json_error(send: Send, status: int, message: str) -> None:
@@ -344,6 +372,11 @@ def _reserve(cfg: LaunchConfig) -> tuple[LaunchConfig, list[socket.socket]]:
     probe = _bind(cfg, reuse_port=False, listen=False)
     cfg = replace(cfg, port=probe.getsockname()[1])
     probe.close()
+    for name, port in cfg.other_ports:
+        try:
+            _bind(replace(cfg, port=port), reuse_port=False, listen=False).close()
+        except ServingError as e:
+            raise ServingError(f"{e} ({name})") from None
     lock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         lock.bind(f"\0mnistkit-launch-v2:{cfg.port}")
@@ -406,6 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = LaunchConfig.from_env(args[0] if args else ".")
         cfg, reservation = _reserve(cfg)
+        _check_folder(cfg.folder)
     except MnistkitError as e:  # a wrong setting: one line, no traceback
         log.error("%s", e)
         return 2

@@ -321,6 +321,13 @@ def test_a_port_something_listens_on_is_refused_not_shared(v2, trained_run, tmp_
             assert proc.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in err and "Traceback" not in err
     finally:
         other.close()
+    # another HTTP port, but the first's gRPC or metrics port: gRPC's SO_REUSEPORT bind joined the
+    # first server's, then the metrics bind failed with a 69-line traceback and exit 3
+    for name, port in (("MLSERVER_GRPC_PORT", v2.grpc_port), ("MLSERVER_METRICS_PORT", v2.metrics_port)):
+        proc = _launch(folder, 0, **{name: str(port)})
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert f"cannot listen on 127.0.0.1:{port}: Address already in use ({name})" in err
 
 
 def _servers(folder) -> list[int]:
@@ -446,8 +453,13 @@ def test_the_repository_api_cannot_unload_the_model(v2, action):
         ({"MLSERVER_HTTP_PORT": "", "PORT": "99999"}, "is not a port number"),
         ({"MNISTKIT_PROCESSES": "two"}, "MNISTKIT_PROCESSES='two' is not a valid int"),
         ({"MLSERVER_HTTP_PORT": "{busy}"}, "Address already in use"),
+        ({"MLSERVER_HTTP_PORT": "0", "MLSERVER_GRPC_PORT": "grpc"}, "MLSERVER_GRPC_PORT 'grpc' (MLServer's) is not"),
+        (
+            {"MLSERVER_HTTP_PORT": "0", "MLSERVER_GRPC_PORT": "0", "MLSERVER_METRICS_PORT": "0"},
+            "holds no model-settings.json, so there is no model to serve",  # it served none, ready 200, 404s
+        ),
     ],
-    ids=["port not a number", "PORT out of range", "processes not a number", "port in use"],
+    ids=["port not a number", "PORT out of range", "processes not a number", "port in use", "gRPC port", "no model"],
 )
 def test_the_launcher_refuses_bad_settings_in_one_line(tmp_path, env, says):
     import socket
