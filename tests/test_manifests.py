@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from mnistkit.cli.build import main as build_main
 from mnistkit.errors import ManifestError
-from mnistkit.manifests import ManifestConfig, cluster_images, manifests_for
+from mnistkit.manifests import ManifestConfig, cluster_images, manifests_for, polyaxon_check
 from mnistkit.manifests.resources import argo_workflow, pvcs, seldon_deployment
 from mnistkit.manifests.validate import (
     validate_inference_service,
@@ -352,8 +352,8 @@ def test_examples_cluster_folder_is_current_and_valid(group, tmp_path, name):
     )
     fresh = tmp_path / Path(name).name.replace("-v2", "")
     assert fresh in written
-    want = [sorted(_shape(d)) for d in yaml.safe_load_all(fresh.read_text())]
-    assert [sorted(_shape(d)) for d in docs] == want, f"regenerate examples/cluster/{name}"
+    fresh_docs = list(yaml.safe_load_all(fresh.read_text()))
+    assert [sorted(_shape(d)) for d in docs] == [sorted(_shape(d)) for d in fresh_docs], f"regenerate {example}"
     if name.endswith("seldondeployment.yaml") or name.endswith("-v2.yaml"):
         validate_seldon(docs[0])
     elif name == "argo-workflow.yaml":
@@ -362,6 +362,11 @@ def test_examples_cluster_folder_is_current_and_valid(group, tmp_path, name):
         validate_pvcs(docs)
     else:
         validate_inference_service(docs[0])
+
+
+def test_the_examples_polyaxonfile_passes_the_real_polyaxon_check():
+    """(Its shape follows the demo's search, not the test group's, so it is checked on its own.)"""
+    polyaxon_check(REPO / "examples" / "cluster" / "polyaxonfile.yaml")  # raises ManifestError if it fails
 
 
 @pytest.mark.cluster

@@ -64,9 +64,8 @@ _SEARCH_OWN = ("output_dir", "train_samples", "test_samples", "data_dir", "run_n
 )
 @click.option(
     "--image",
-    default="mnistkit/train:latest",
-    show_default=True,
-    help="With --export: the image the cluster's trials run in.",
+    help="With --export: the training image the cluster's trials run in, at your registry "
+    "('mnistkit-build builder --train --registry REGISTRY --push' prints it).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @verbosity
@@ -82,7 +81,7 @@ def main(
     minimize: bool | None,
     max_epochs: int | None,
     export_path: str | None,
-    image: str,
+    image: str | None,
     as_json: bool,
     verbose: int,
     quiet: bool,
@@ -184,6 +183,11 @@ def _check_search_flags(polyaxonfile: str | None, export_path: str | None) -> No
         raise ConfigError("--run-name names one training run; name a search's folder with --group-name")
     if "image" in search_only and not export_path:
         raise ConfigError("--image names the image of the exported polyaxonfile's trials: add --export FILE")
+    if export_path and "image" not in search_only:  # (it defaulted to a Docker Hub name nobody pushes)
+        raise ConfigError(
+            "--export needs --image: the training image the cluster's trials run in; "
+            "'mnistkit-build builder --train --registry REGISTRY --push' builds, pushes and prints it"
+        )
 
 
 def _search(
@@ -196,7 +200,7 @@ def _search(
     minimize: bool | None,
     max_epochs: int | None,
     export_path: str | None,
-    image: str,
+    image: str | None,
     as_json: bool,
 ) -> None:
     from ..polyaxonfile import read_polyaxonfile, write_v1
@@ -217,15 +221,19 @@ def _search(
         data_dir=options["data_dir"],
         overrides=overrides,
     ).validate()
-    if export_path:
-        caps = TrainConfig(**{**overrides, "train_samples": config.train_samples, "test_samples": config.test_samples})
-        write_v1(
-            spec,
-            export_path,
-            image=image,
-            extra_args=tuple(caps.to_args([*overrides, "train_samples", "test_samples"])),
-        )
-        click.echo(f"wrote {export_path}", err=True)
+    if export_path and image:  # the search the cluster runs whole: the flags given here, not the local caps
+        write_v1(spec, export_path, image=image, extra_args=tuple(TrainConfig(**overrides).to_args(list(overrides))))
+        capped = [
+            f
+            for f, v in (
+                ("--train-samples", config.train_samples),
+                ("--test-samples", config.test_samples),
+                ("--max-epochs", config.max_epochs),
+                ("--concurrency", concurrency),
+            )
+            if v
+        ]
+        click.echo(f"wrote {export_path}" + (f" (without the local {', '.join(capped)})" if capped else ""), err=True)
     result = run_group(spec, config)
     if as_json:
         click.echo(

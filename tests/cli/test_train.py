@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from click.testing import CliRunner
 
 from mnistkit.cli.build import main as build_main
@@ -95,6 +96,33 @@ def test_image_without_export_is_refused_not_ignored(tmp_path):
         "Error: --image names the image of the exported polyaxonfile's trials: add --export FILE"
     ]
     assert not (tmp_path / "o").exists()
+
+
+def test_export_writes_the_search_the_cluster_runs_whole_in_an_image_it_is_given(tmp_path):
+    """--export needs --image (it defaulted to mnistkit/train:latest, a Docker Hub name nobody
+    pushes); the file carries the training flags given beside -f, not the local caps (it carried
+    --train-samples but not --max-epochs, half of what ran here)."""
+    from support import REPO
+
+    seed = REPO / "examples" / "polyaxon" / "polyaxonfile_hyperparams.yml"
+    out = tmp_path / "cluster.yml"
+    base = ["-f", str(seed), "--export", str(out), "--output-dir", str(tmp_path / "o")]
+    refused = CliRunner(mix_stderr=False).invoke(train_main, base)
+    assert refused.exit_code == 1 and refused.stderr.startswith("Error: --export needs --image")
+    assert not out.exists() and not (tmp_path / "o").exists()
+
+    caps = ["--train-samples", "300", "--test-samples", "300", "--max-epochs", "1", "--concurrency", "2"]
+    data = ["--data-dir", str(REPO / "examples" / "data"), "-q"]
+    args = [*base, "--image", "reg.example.com/mnistkit/train:t1", "--weight-decay", "0.0001", *caps, *data]
+    result = CliRunner(mix_stderr=False).invoke(train_main, args)
+    assert result.exit_code == 0, result.output
+    assert "(without the local --train-samples, --test-samples, --max-epochs, --concurrency)" in result.stderr
+    doc = yaml.safe_load(out.read_text())
+    container = doc["component"]["run"]["container"]
+    assert container["image"] == "reg.example.com/mnistkit/train:t1"
+    assert "--weight-decay=0.0001" in container["args"]
+    assert not [a for a in container["args"] if a.startswith(("--train-samples", "--test-samples"))]
+    assert doc["matrix"]["concurrency"] == 5  # the file's: the cluster runs the whole search
 
 
 def test_unwritable_output_dir(tmp_path):
