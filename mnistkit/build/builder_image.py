@@ -418,12 +418,17 @@ def stale_images(client: Any) -> list[str]:
 def prune_images(client: Any, *, dry_run: bool = False) -> tuple[list[str], int]:
     """Remove ``stale_images`` and then the engine's untagged (dangling) images; returns the
     tags removed and the bytes the engine reclaimed. A tag a container still uses is kept,
-    with a warning; ``dry_run`` only lists what would go."""
+    with a warning; ``dry_run`` only lists what would go (untagged images as "untagged image
+    ID") and the most that could free."""
     import docker
 
     stale = stale_images(client)
-    if dry_run:
-        return stale, 0
+    if dry_run:  # what would go, and the most it could free (layers the images share count once each)
+        with engine_errors("listing images"):
+            untagged = client.images.list(filters={"dangling": True})
+            size = sum(int(client.images.get(tag).attrs.get("Size", 0)) for tag in stale)
+        size += sum(int(image.attrs.get("Size", 0)) for image in untagged)
+        return stale + [f"untagged image {image.short_id.removeprefix('sha256:')}" for image in untagged], size
     removed = []
     with engine_errors("removing images"):
         for tag in stale:

@@ -366,7 +366,9 @@ def prune_cmd(dry_run: bool, docker_host: str | None, verbose: int, quiet: bool)
             embedded.stop()
     for tag in removed:
         click.echo(("would remove " if dry_run else "removed ") + tag)
-    if not dry_run:
+    if dry_run:
+        click.echo(f"{len(removed)} image(s) would be removed, up to {reclaimed / 1e6:.0f} MB")
+    else:
         click.echo(f"{len(removed)} image tag(s) removed, {reclaimed / 1e6:.0f} MB reclaimed")
 
 

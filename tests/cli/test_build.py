@@ -211,6 +211,9 @@ def test_prune_removes_stale_builders_and_untagged_images_only(docker_engine, do
         dry = _cli(["prune", "--dry-run", "--docker-host", docker_engine.host])
         assert dry.exit_code == 0, dry.output + dry.stderr
         assert f"would remove {stale}" in dry.output and builder_image not in dry.output
+        # the untagged image too (a dry run listed nothing of what the real prune removed)
+        assert f"would remove untagged image {dangling.removeprefix('sha256:')[:10]}" in dry.output, dry.output
+        assert "image(s) would be removed, up to" in dry.output
         docker_client.images.get(stale)  # still there
 
         result = _cli(["prune", "--docker-host", docker_engine.host])
