@@ -289,8 +289,10 @@ def _have_builder(client: Any, config: BuildConfig) -> None:
     """Pull the builder from its registry when it is not here (the cluster's build step)."""
     assert config.builder is not None
     ref = ImageRef.parse(config.builder)
-    if _image_id(client, config.builder) is not None or ref.registry is None:
-        return  # present, or a local name: the build says what to do
+    if _image_id(client, config.builder) is not None:
+        return
+    if ref.registry is None:  # a local name: said now, not after the ONNX export and its parity check
+        raise PackagingError(f"builder image {config.builder} not found; build it with 'mnistkit-build builder'")
     image = ImageRef.parse(config.image) if config.image else None
     explicit = (config.username, config.password) if image is not None and image.host == ref.host else (None, None)
     pull(client, ref, find_credentials(ref, *explicit))
