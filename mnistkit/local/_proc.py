@@ -6,6 +6,7 @@ test harness uses these, so "is it up?" and "stop it and its children" mean one 
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import shutil
@@ -16,7 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar, Self
@@ -107,6 +108,18 @@ def http_status(url: str, timeout: float = 2) -> int | None:
 def wait_http(url: str, timeout: float, *, proc: subprocess.Popen[bytes] | None = None, status: int = 200) -> bool:
     """Wait until ``url`` answers ``status``; False on timeout or when ``proc`` exits."""
     return wait_until(lambda: http_status(url, timeout=1) == status, timeout, proc=proc)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Ctrl-C, SIGTERM and SIGHUP wait until the block ends (then act as they would have): for
+    clean-up that must not stop halfway, such as stopping an engine and removing its mounts."""
+    deferred = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, deferred)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def stop_group(proc: subprocess.Popen[bytes] | None = None, *, pid: int | None = None, timeout: float = 20) -> None:

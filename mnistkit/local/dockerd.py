@@ -16,6 +16,7 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,7 +27,7 @@ from typing import Any
 from ..errors import MnistkitError, PackagingError
 from ..files import os_reason
 from ..settings import settings
-from ._proc import find_exe, spawn, stop_group, wait_until
+from ._proc import find_exe, signals_deferred, spawn, stop_group, wait_until
 
 __all__ = ["LocalDocker", "connect_docker", "docker_client", "mnistkit_home", "engine_failure", "engine_errors"]
 
@@ -78,6 +79,10 @@ def mnistkit_home() -> Path:
     return home
 
 
+#: the longest path a unix socket can have (sun_path is 108 bytes, with its terminating NUL)
+MAX_SOCKET_PATH = 107
+
+
 @dataclass
 class LocalDocker:
     """A dockerd whose data, exec root, pidfile and socket all live under ``root``."""
@@ -116,6 +121,11 @@ class LocalDocker:
 
     def start(self, timeout: float = 60) -> "LocalDocker":
         self.root = Path(self.root).resolve()
+        if len(str(self.socket)) > MAX_SOCKET_PATH:  # dockerd's own error was a bind "invalid argument"
+            raise PackagingError(
+                f"{self.root} is too long a folder for dockerd's socket ({len(str(self.socket))} bytes; a unix "
+                f"socket path has at most {MAX_SOCKET_PATH}): set a shorter MNISTKIT_HOME"
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             lock = open(self.root / ".start.lock", "a")  # noqa: SIM115  (held until started)
@@ -123,7 +133,7 @@ class LocalDocker:
             raise PackagingError(f"cannot use {self.root} for dockerd: {os_reason(e)}") from None
         with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # another command starting this engine: wait for it, then reuse it
-            if not self._answers():
+            if not self._answers() and not self._busy(timeout):
                 self._start(timeout)
             elif self._orphaned():  # its starter was killed (kill -9): the last user now stops it
                 (self.root / "handover").touch()
@@ -131,12 +141,27 @@ class LocalDocker:
             fcntl.flock(self._user, fcntl.LOCK_SH)
         return self
 
+    def _busy(self, timeout: float) -> bool:
+        """Whether a dockerd of this folder runs, slow to answer (a busy machine): then wait for
+        it, and never take its socket and exec root for a second one. False when none runs."""
+        if (pid := self._dockerd_pid()) is None:
+            return False
+        if not wait_until(self._answers, timeout, interval=0.5):
+            raise PackagingError(
+                f"the embedded dockerd in {self.root} (pid {pid}) runs but has not answered on {self.socket} "
+                f"for {timeout:.0f}s; wait for it, or stop it (kill {pid}) and try again"
+            )
+        return True
+
     def _start(self, timeout: float) -> None:
         dockerd = find_exe("dockerd", "apt-get install docker.io (make test/demo do this)", PackagingError)
         try:
-            self.exec_root.mkdir(parents=True, exist_ok=True)
             self.socket.unlink(missing_ok=True)  # nothing answers on it: left by an unclean stop
             self._remove_stale_pidfile()
+            self._stop_leftovers()
+            self._remove_exec_root()  # a dead one's: its containerd pidfile would name a zombie
+            self._unmount_data_root()
+            self.exec_root.mkdir(parents=True, exist_ok=True)
             self.proc = self._spawn(dockerd, self.exec_root)
         except OSError as e:
             raise PackagingError(f"cannot start dockerd in {self.root}: {os_reason(e)}") from None
@@ -167,8 +192,12 @@ class LocalDocker:
         """The pidfile's pid when it is a running dockerd (after a reboot it may be any process)."""
         try:
             pid = int((self.root / "dockerd.pid").read_text().strip())
-            return pid if Path(f"/proc/{pid}/comm").read_text().strip() == "dockerd" else None
-        except (OSError, ValueError):
+            if Path(f"/proc/{pid}/comm").read_text().strip() != "dockerd":
+                return None
+            # a dockerd that died (the OOM killer) but that its starter has not reaped yet is a zombie
+            state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+            return None if state in ("Z", "X") else pid
+        except (OSError, ValueError, IndexError):
             return None
 
     def _remove_stale_pidfile(self) -> None:
@@ -176,6 +205,21 @@ class LocalDocker:
         unless that process is a dockerd."""
         if self._dockerd_pid() is None:
             (self.root / "dockerd.pid").unlink(missing_ok=True)
+
+    def _stop_leftovers(self) -> None:
+        """Kill what a dead dockerd of this folder left running (the OOM killer takes dockerd, not
+        its containerd), found by the exec root in their command lines: a new dockerd's containerd
+        cannot start beside the old one. Called with no dockerd of this folder alive."""
+        marker = str(self.exec_root).encode()
+        left = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and marker in (entry / "cmdline").read_bytes():
+                    os.kill(int(entry.name), signal.SIGKILL)
+                    left.append(entry)
+            except (OSError, ValueError):  # gone meanwhile, or not ours to read
+                continue
+        wait_until(lambda: not any(e.exists() and "zombie" not in _status(e) for e in left), 10, interval=0.1)
 
     def _spawn(self, dockerd: str, exec_root: Path) -> subprocess.Popen[bytes]:
         return spawn(
@@ -223,18 +267,36 @@ class LocalDocker:
             handover.unlink(missing_ok=True)
 
     def _stop_engine(self) -> None:
-        if self.proc is not None:
-            stop_group(self.proc)
-            self.proc = None
-        elif (pid := self._dockerd_pid()) is not None:  # started by a command that has ended
-            stop_group(pid=pid)
-        self._remove_exec_root()
+        with signals_deferred():  # a second Ctrl-C here left the exec root and its netns mounts
+            if self.proc is not None:
+                stop_group(self.proc)  # (and reaped, if it died)
+                self.proc = None
+            if (pid := self._dockerd_pid()) is not None:  # one another command started: it has ended,
+                stop_group(pid=pid)  # or it replaced this one's, which had died
+            self._remove_exec_root()
+            self._unmount_data_root()
+
+    def _unmount_data_root(self) -> None:
+        """dockerd mounts its data root on itself and unmounts it when it stops cleanly; one
+        killed (kill -9, the OOM killer) leaves the mount, and the folder then cannot be removed.
+        Called with no dockerd of this folder running."""
+        data = str(self.root / "data")
+        points = [line.split()[1].replace("\\040", " ") for line in Path("/proc/self/mounts").read_text().splitlines()]
+        for point in sorted((p for p in points if p == data or p.startswith(data + "/")), reverse=True):
+            subprocess.run(["umount", "--lazy", point], capture_output=True, check=False)
 
     def _remove_exec_root(self) -> None:
         """The network namespace mounts dockerd leaves under its exec root, then the folder."""
         for mount in sorted((self.exec_root / "netns").glob("*")):
             subprocess.run(["umount", "--lazy", str(mount)], capture_output=True, check=False)
         shutil.rmtree(self.exec_root, ignore_errors=True)
+
+
+def _status(proc: Path) -> str:
+    try:
+        return (proc / "status").read_text()
+    except OSError:
+        return "zombie"  # gone
 
 
 def docker_client(base_url: str, timeout: int = 600) -> Any:

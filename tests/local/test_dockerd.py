@@ -112,3 +112,47 @@ def test_an_engine_whose_starter_was_killed_is_stopped_by_the_next_user(tmp_path
             os.kill(pid, signal.SIGTERM)
     assert not alive
     assert not engine.exec_root.exists() and not (root / "handover").exists()
+
+
+def test_an_engine_too_slow_to_answer_keeps_its_socket_and_a_crashed_one_is_replaced(tmp_path):
+    """A dockerd that does not answer while it runs (here SIGSTOPped: a busy machine): a second
+    command waits, then says so, and leaves its socket and exec root alone (before, it unlinked
+    them, started a dockerd that failed, and the first command's engine was lost). One that
+    died but is not reaped yet (a zombie, the OOM killer) is no obstacle to a new one."""
+    from mnistkit.errors import PackagingError
+
+    root = tmp_path / "engine"
+    first = LocalDocker(root).start()
+    assert first.proc is not None
+    pid = first.proc.pid
+    try:
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(PackagingError, match=rf"\(pid {pid}\) runs but has not answered .* for 2s"):
+                LocalDocker(root).start(timeout=2)
+            assert first.socket.exists() and first.exec_root.is_dir()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        assert first.client().ping()  # the first command's engine still works
+
+        os.kill(pid, signal.SIGKILL)  # not reaped: first.proc is never waited for here
+        while "zombie" not in Path(f"/proc/{pid}/status").read_text():
+            pass
+        second = LocalDocker(root).start()  # before: "pid file found", the zombie taken for a dockerd
+        try:
+            assert second.proc is not None and second.client().ping()
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+    assert not first.exec_root.exists()
+    assert not _mounts_under(root / "data")  # the killed one's mount of its data root on itself, too
+
+
+def test_a_home_too_long_for_a_unix_socket_is_said_before_anything_is_made(tmp_path):
+    from mnistkit.errors import PackagingError
+
+    root = tmp_path / ("x" * (110 - len(str(tmp_path))))
+    with pytest.raises(PackagingError, match="too long a folder for dockerd's socket .* set a shorter MNISTKIT_HOME"):
+        LocalDocker(root).start()
+    assert not root.exists()
