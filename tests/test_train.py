@@ -133,6 +133,14 @@ def test_ctrl_c_keeps_the_best_epoch_so_far_or_nothing(tmp_path):
     assert term.wait(timeout=60) == 143
     assert "Terminated." in term.stderr.read() and not (tmp_path / "term").exists()
 
+    # and SIGHUP (a closed terminal or ssh session) too, exit 129: it used to kill the command
+    # where it stood, and a pipeline's dockerd and registry kept running
+    hup = train("hup", 60000)
+    assert wait_until(lambda: (tmp_path / "hup" / "config.json").exists(), 60, proc=hup)
+    hup.send_signal(signal.SIGHUP)
+    assert hup.wait(timeout=60) == 129
+    assert "Hung up." in hup.stderr.read() and not (tmp_path / "hup").exists()
+
 
 @pytest.mark.parametrize(
     "field, value, message",

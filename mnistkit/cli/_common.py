@@ -48,22 +48,31 @@ def verbosity(f: F) -> F:
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM (``kill``, ``timeout``, a cancelled CI job), raised where Ctrl-C would be, so the
-    same clean-up runs: started services stopped, trials stopped, nothing half-written."""
+    """SIGTERM (``kill``, ``timeout``, a cancelled CI job) or SIGHUP (a closed terminal or ssh
+    session), raised where Ctrl-C would be, so the same clean-up runs: started services stopped,
+    trials stopped, nothing half-written."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__()
+        self.signum = signum
+
+
+#: the signals a command handles as it handles Ctrl-C (SIGHUP left dockerd and the registry running)
+TERMINATING = (signal.SIGTERM, signal.SIGHUP)
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    raise Terminated()
+    raise Terminated(signum)
 
 
 def errors_to_exit(f: F) -> F:
     """Turn expected failures (and a full disk) into one line on stderr and exit 1; Ctrl-C into
-    exit 130, SIGTERM (handled as Ctrl-C is) into 143."""
+    exit 130, SIGTERM and SIGHUP (handled as Ctrl-C is) into 143 and 129."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         main_thread = threading.current_thread() is threading.main_thread()
-        previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+        previous = [(sig, signal.signal(sig, _terminate)) for sig in TERMINATING] if main_thread else []
         try:
             return f(*args, **kwargs)
         except MnistkitError as e:
@@ -77,12 +86,13 @@ def errors_to_exit(f: F) -> F:
             click.echo(f"Error: {e.filename or 'a write'}: {os_reason(e)}", err=True)
             sys.exit(1)
         except KeyboardInterrupt as e:
-            terminated = isinstance(e, Terminated)
-            click.echo("Terminated." if terminated else "Interrupted.", err=True)
-            sys.exit(143 if terminated else 130)
+            signum = int(e.signum if isinstance(e, Terminated) else signal.SIGINT)
+            said = {int(signal.SIGINT): "Interrupted.", int(signal.SIGHUP): "Hung up."}
+            click.echo(said.get(signum, "Terminated."), err=True)
+            sys.exit(128 + signum)
         finally:
-            if main_thread:
-                signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous:
+                signal.signal(sig, handler)
 
     return wrapper  # type: ignore[return-value]
 
