@@ -12,9 +12,11 @@ what it started when a step fails or the user presses Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -107,15 +109,27 @@ class _Step:
 
 
 def _password(home: Path) -> str:
+    """The demo registry's password, made once: written whole to a private file and then linked
+    into place, so two demos starting at once agree on it, and a kill or a full disk mid-write
+    leaves no empty password behind (every later run then failed as "no credentials")."""
     path = home / "registry" / "password"
-    if path.exists():
-        return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and (value := path.read_text().strip()):
+        return value
     value = secrets.token_urlsafe(18)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
-    return value
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".password-")  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(value + "\n")
+        if path.exists():  # empty: damaged, so replaced
+            os.replace(tmp, path)
+        else:
+            with contextlib.suppress(FileExistsError):  # another demo made it first: use theirs
+                os.link(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return path.read_text().strip()
 
 
 def run(config: PipelineConfig | None = None, *, on_step: Callable[[str], None] | None = None) -> PipelineResult:
@@ -151,7 +165,7 @@ def run(config: PipelineConfig | None = None, *, on_step: Callable[[str], None] 
 def _services(config: PipelineConfig, home: Path, result: PipelineResult, cleanup: ExitStack) -> tuple[Any, Any, str]:
     from .local._proc import free_port, port_free
     from .local.dockerd import connect_docker
-    from .local.registry import LocalRegistry
+    from .local.registry import LocalRegistry, stop_orphans
 
     client, embedded = connect_docker(config.docker_host, home=home)
     if embedded:
@@ -160,6 +174,7 @@ def _services(config: PipelineConfig, home: Path, result: PipelineResult, cleanu
     else:
         result.engine = f"existing docker engine ({client.api.base_url})"
     log.info("docker: %s", result.engine)
+    stop_orphans(home / "registry")  # one a killed demo left holds the port this demo would take
     port = config.registry_port if config.registry_port and port_free(config.registry_port) else free_port()
     password = _password(home)
     registry = LocalRegistry(home / "registry", port, config.username, password).start()

@@ -3,17 +3,23 @@ its data and configuration under one folder. For one machine; past it, a real re
 
 from __future__ import annotations
 
+import fcntl
 import json
+import logging
 import os
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import PushError
 from ..files import disk_errors
 from ._proc import find_exe, http_status, spawn, stop_group, wait_until
 
-__all__ = ["LocalRegistry"]
+__all__ = ["LocalRegistry", "stop_orphans"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -26,6 +32,7 @@ class LocalRegistry:
     password: str = field(repr=False)
     log_level: str = "warn"  # "info" logs every request with the user it authenticated
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
+    _held: Any = field(default=None, init=False, repr=False)  # this registry's port lock, while it runs
 
     @property
     def address(self) -> str:
@@ -38,21 +45,30 @@ class LocalRegistry:
         registry = find_exe("docker-registry", "apt-get install docker-registry (make test/demo do this)", PushError)
         htpasswd = find_exe("htpasswd", "apt-get install apache2-utils (make test/demo do this)", PushError)
         self.root = Path(self.root).resolve()
-        if self._status() is not None:
-            raise PushError(f"port {self.port} is already in use; choose another registry port")
         with disk_errors(PushError, f"cannot start the registry in {self.root}"):
             self.root.mkdir(parents=True, exist_ok=True)
-            self._configure(htpasswd)
-            self.proc = spawn([registry, "serve", str(self.root / "config.yml")], self.root / "registry.log")
-        try:
-            if wait_until(lambda: self._status() == 401, timeout, proc=self.proc):
-                return self
-        except BaseException:  # Ctrl-C while it starts: no registry left on the port
-            self.stop()
-            raise
-        if self.proc.poll() is not None:
-            raise PushError(f"docker-registry exited at start; see {self.root / 'registry.log'}")
+            lock = open(self.root / ".start.lock", "a")  # noqa: SIM115  (held while it configures and starts)
+        with lock:  # another command starting a registry from this folder: its config.yml is read first
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            stop_orphans(self.root)
+            if self._status() is not None:
+                raise PushError(f"port {self.port} is already in use; choose another registry port")
+            with disk_errors(PushError, f"cannot start the registry in {self.root}"):
+                self._configure(htpasswd)
+                self._held = open(self.root / f"registry-{self.port}.lock", "a")  # noqa: SIM115  (held until stop)
+                fcntl.flock(self._held, fcntl.LOCK_EX)
+                self.proc = spawn([registry, "serve", str(self.root / "config.yml")], self.root / "registry.log")
+                (self.root / f"registry-{self.port}.pid").write_text(f"{self.proc.pid}\n")
+            try:
+                if wait_until(lambda: self._status() == 401, timeout, proc=self.proc):
+                    return self
+            except BaseException:  # Ctrl-C while it starts: no registry left on the port
+                self.stop()
+                raise
+        exited = self.proc is not None and self.proc.poll() is not None
         self.stop()
+        if exited:
+            raise PushError(f"docker-registry exited at start; see {self.root / 'registry.log'}")
         raise PushError(f"the registry did not answer on {self.address} within {timeout:.0f}s")
 
     def _configure(self, htpasswd: str) -> None:
@@ -61,10 +77,11 @@ class LocalRegistry:
         if out.returncode != 0:
             raise PushError(f"htpasswd failed: {out.stderr.decode(errors='replace').strip()[:200]}")
         htpasswd_file = self.root / "htpasswd"
-        htpasswd_file.unlink(missing_ok=True)
-        fd = os.open(htpasswd_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # the hash is the owner's only
+        # replaced whole (a registry another command runs from this folder rereads it when it changes)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=".htpasswd-")  # mode 0600: the hash is the owner's only
         with os.fdopen(fd, "wb") as f:
             f.write(out.stdout)
+        os.replace(tmp, htpasswd_file)
         # values as JSON strings (JSON is YAML): a path with ", " or ": " stays one value
         q = json.dumps
         (self.root / "config.yml").write_text(
@@ -79,3 +96,28 @@ class LocalRegistry:
         if self.proc is not None:
             stop_group(self.proc)
             self.proc = None
+            (self.root / f"registry-{self.port}.pid").unlink(missing_ok=True)
+        if self._held is not None:
+            self._held.close()
+            self._held = None
+
+
+def stop_orphans(root: Path) -> None:
+    """Stop the registries a command started from ``root`` and then died without stopping (kill
+    -9): each starter holds its port's lock while it runs, and the kernel drops a dead one's. An
+    orphan held its port for good, and the next demo moved to another, named in its files."""
+    for pidfile in Path(root).glob("registry-*.pid"):
+        with open(pidfile.with_suffix(".lock"), "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # its starter still runs
+                continue
+            try:
+                pid = int(pidfile.read_text().strip())
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except (OSError, ValueError):  # gone already
+                cmdline = b""
+            if b"docker-registry" in cmdline and str(Path(root) / "config.yml").encode() in cmdline:
+                log.info("stopping the registry (pid %d) a command that ended left running", pid)
+                stop_group(pid=pid)
+            pidfile.unlink(missing_ok=True)
