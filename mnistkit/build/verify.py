@@ -37,19 +37,31 @@ def run_on_loopback(
     on port ``http``) answers. Returns (container, base URL); the caller removes the container.
     On failure the container is removed and ``PackagingError`` says it ``waiting`` (e.g. "did not
     serve") with the end of its log."""
+    import secrets
+
     import docker
 
+    # created, then started where a Ctrl-C removes it: one that came during ``containers.run``
+    # left a container serving on the host network; this run's own label finds one made meanwhile
+    run = secrets.token_hex(8)
+    labels = {"io.mnistkit.served": image, "io.mnistkit.run": run}
     try:
-        container = client.containers.run(
-            image, detach=True, network_mode="host", environment=environment, labels={"io.mnistkit.served": image}
-        )
+        container = client.containers.create(image, network_mode="host", environment=environment, labels=labels)
     except docker.errors.ImageNotFound:
         raise PackagingError(f"image {image} not found; build it first") from None
     except docker.errors.APIError as e:
         raise PackagingError(f"cannot run {image}: {e.explanation or e}") from None
+    except BaseException:
+        for made in client.containers.list(all=True, filters={"label": f"io.mnistkit.run={run}"}):
+            made.remove(force=True)
+        raise
     url = f"http://127.0.0.1:{http}"
     try:
+        container.start()
         ready_in_time = wait_http(f"{url}{ready}", timeout)
+    except docker.errors.APIError as e:
+        container.remove(force=True)
+        raise PackagingError(f"cannot run {image}: {e.explanation or e}") from None
     except BaseException:  # Ctrl-C while it starts: no container left serving on the host network
         container.remove(force=True)
         raise
