@@ -20,6 +20,7 @@ image and ``ensure_image`` never reuses a stale one.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import http.server
 import io
@@ -324,13 +325,26 @@ def _context(kind: ImageKind, requirements: Path) -> bytes:
     return buf.getvalue()
 
 
-def build_kind(client: Any, kind: ImageKind, *, cache_dir: Path, tag: str | None = None, base: str = BASE_IMAGE) -> str:
-    """Make the base image and the wheelhouse if needed, then build ``docker/Dockerfile.<kind>``."""
+def build_kind(
+    client: Any, kind: ImageKind, *, cache_dir: Path, tag: str | None = None, base: str = BASE_IMAGE, force: bool = True
+) -> str:
+    """Make the base image and the wheelhouse if needed, then build ``docker/Dockerfile.<kind>``
+    (unless, with ``force`` off, another command built it while this one waited its turn)."""
+    make_base_image(client, base, workdir=cache_dir)
+    tag = tag or image_tag(kind, base)
+    (Path(cache_dir) / "wheelhouse").mkdir(parents=True, exist_ok=True)
+    # one build of a kind at a time per home: two at once deleted each other's wheels (and the
+    # mnistkit wheel one was reading), and one then built from an incomplete wheelhouse
+    with open(Path(cache_dir) / "wheelhouse" / f"{kind.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not force and _image_exists(client, tag):  # built by the command this one waited for
+            return tag
+        return _build_kind(client, kind, make_wheelhouse(kind, cache_dir), tag, base)
+
+
+def _build_kind(client: Any, kind: ImageKind, wheels: Path, tag: str, base: str) -> str:
     import docker
 
-    make_base_image(client, base, workdir=cache_dir)
-    wheels = make_wheelhouse(kind, cache_dir)
-    tag = tag or image_tag(kind, base)
     log.info("building %s from %s", tag, base)
     labels = {
         "org.opencontainers.image.version": package_version(),
@@ -396,7 +410,7 @@ def ensure_image(client: Any, kind: ImageKind | str, *, cache_dir: Path, base: s
     tag = image_tag(kind, base)
     if _image_exists(client, tag):
         return tag
-    return build_kind(client, kind, cache_dir=cache_dir, tag=tag, base=base)
+    return build_kind(client, kind, cache_dir=cache_dir, tag=tag, base=base, force=False)
 
 
 def stale_images(client: Any) -> list[str]:

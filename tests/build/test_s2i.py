@@ -76,3 +76,40 @@ def test_ctrl_c_while_an_image_starts_leaves_no_container(docker_engine, docker_
         proc.wait(timeout=60)
     assert b"KeyboardInterrupt" in proc.stderr.read()
     assert not docker_client.containers.list(all=True, filters={"label": label})
+
+
+def test_two_builds_of_one_builder_take_turns_and_the_second_uses_the_first(tmp_path, monkeypatch):
+    """Two commands building one builder kind at once deleted each other's wheels, and one built
+    from an incomplete wheelhouse. The wheelhouse and the build of a kind now take turns per
+    home, and the one that waited uses the image the first built. (The wheelhouse and the
+    docker build are stood in for by timed functions: the turn-taking is what is tested, and two
+    real builds of a builder take minutes on 2 cores; the real ones run in the session fixture.)"""
+    import threading
+    import time
+
+    import mnistkit.build.builder_image as bi
+
+    kind = bi.KINDS["seldon-onnx"]
+    built: set[str] = set()
+    spans: list[tuple[float, float]] = []
+
+    def fake_build(client, kind, wheels, tag, base):
+        start = time.monotonic()
+        time.sleep(0.5)
+        built.add(tag)
+        spans.append((start, time.monotonic()))
+        return tag
+
+    monkeypatch.setattr(bi, "make_base_image", lambda *a, **k: None)
+    monkeypatch.setattr(bi, "make_wheelhouse", lambda kind, cache: tmp_path)
+    monkeypatch.setattr(bi, "_build_kind", fake_build)
+    monkeypatch.setattr(bi, "_image_exists", lambda client, tag: tag in built)
+    # both see no image yet and go to build; the lock lets one build, the other then finds it
+    threads = [
+        threading.Thread(target=bi.ensure_image, args=(None, kind), kwargs={"cache_dir": tmp_path}) for _ in "ab"
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert len(spans) == 1 and built == {bi.image_tag(kind)}
