@@ -122,6 +122,21 @@ def main(
     _train(config, as_json)
 
 
+def _export(spec: Any, path: str, image: str, overrides: dict[str, Any], config: Any) -> None:
+    """The search the cluster runs whole: the training flags given here, not the local caps."""
+    from ..polyaxonfile import write_v1
+
+    write_v1(spec, path, image=image, extra_args=tuple(TrainConfig(**overrides).to_args(list(overrides))))
+    local = (
+        ("--train-samples", config.train_samples),
+        ("--test-samples", config.test_samples),
+        ("--max-epochs", config.max_epochs),
+        ("--concurrency", config.concurrency),
+    )
+    capped = [flag for flag, value in local if value]
+    click.echo(f"wrote {path}" + (f" (without the local {', '.join(capped)})" if capped else ""), err=True)
+
+
 def _train(config: TrainConfig, as_json: bool) -> None:
     from ..train import fit, skip_final_collection  # torch loads here, after --help
 
@@ -203,7 +218,7 @@ def _search(
     image: str | None,
     as_json: bool,
 ) -> None:
-    from ..polyaxonfile import read_polyaxonfile, write_v1
+    from ..polyaxonfile import read_polyaxonfile
     from ..search import SearchConfig, check_overrides, run_group
 
     spec = read_polyaxonfile(path)
@@ -221,19 +236,8 @@ def _search(
         data_dir=options["data_dir"],
         overrides=overrides,
     ).validate()
-    if export_path and image:  # the search the cluster runs whole: the flags given here, not the local caps
-        write_v1(spec, export_path, image=image, extra_args=tuple(TrainConfig(**overrides).to_args(list(overrides))))
-        capped = [
-            f
-            for f, v in (
-                ("--train-samples", config.train_samples),
-                ("--test-samples", config.test_samples),
-                ("--max-epochs", config.max_epochs),
-                ("--concurrency", concurrency),
-            )
-            if v
-        ]
-        click.echo(f"wrote {export_path}" + (f" (without the local {', '.join(capped)})" if capped else ""), err=True)
+    if export_path and image:
+        _export(spec, export_path, image, overrides, config)
     result = run_group(spec, config)
     if as_json:
         click.echo(

@@ -34,6 +34,7 @@ __all__ = [
     "http_status",
     "wait_http",
     "stop_group",
+    "signals_deferred",
 ]
 
 
