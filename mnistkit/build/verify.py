@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PackagingError
-from ..local._proc import free_port, wait_http
+from ..local._proc import free_ports, wait_http
 from .source import ModelSource
 
 __all__ = ["example_digits", "digit_labels", "run_on_loopback", "serve_image", "smoke_test"]
@@ -82,7 +82,7 @@ def serve_image(
 
     Returns (container, base URL); the caller removes the container. On failure the
     container is removed and ``PackagingError`` carries the end of its log."""
-    http, grpc, metrics = free_port(), free_port(), free_port()
+    http, grpc, metrics = free_ports(3)
     env = {
         "PREDICTIVE_UNIT_HTTP_SERVICE_PORT": str(http),
         "PREDICTIVE_UNIT_GRPC_SERVICE_PORT": str(grpc),

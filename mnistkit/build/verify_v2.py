@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PackagingError
-from ..local._proc import free_port
+from ..local._proc import free_ports
 from .source import ModelSource
 from .verify import example_digits, run_on_loopback
 
@@ -24,12 +24,12 @@ def serve_image_v2(client: Any, image: str, timeout: float = 120, env: dict[str,
     """Run a V2 image on free loopback ports (host network) and wait for /v2/health/ready.
 
     Returns (container, base URL); the caller removes the container."""
-    http = free_port()
+    http, grpc, metrics = free_ports(3)
     ports = {
         "MLSERVER_HOST": "127.0.0.1",
         "MLSERVER_HTTP_PORT": str(http),
-        "MLSERVER_GRPC_PORT": str(free_port()),
-        "MLSERVER_METRICS_PORT": str(free_port()),
+        "MLSERVER_GRPC_PORT": str(grpc),
+        "MLSERVER_METRICS_PORT": str(metrics),
     }
     return run_on_loopback(client, image, {**ports, **(env or {})}, http, "/v2/health/ready", timeout, "was not ready")
 

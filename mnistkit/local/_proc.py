@@ -27,6 +27,7 @@ from ..errors import MnistkitError
 __all__ = [
     "ChildServer",
     "free_port",
+    "free_ports",
     "port_free",
     "find_exe",
     "spawn",
@@ -40,9 +41,17 @@ __all__ = [
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` different TCP ports on 127.0.0.1 that nothing listens on now: all held until all are
+    chosen (three ``free_port()`` calls in a row gave the same port twice, now and then)."""
+    with contextlib.ExitStack() as held:
+        socks = [held.enter_context(socket.socket()) for _ in range(n)]
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
 
 
 def port_free(port: int) -> bool:

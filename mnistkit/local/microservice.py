@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import ServingError
-from ._proc import ChildServer, find_exe, free_port, spawn
+from ._proc import ChildServer, find_exe, free_ports, spawn
 
 __all__ = ["Microservice", "start_microservice"]
 
@@ -37,7 +37,7 @@ def start_microservice(
     """Start ``seldon-core-microservice INTERFACE`` (or ``command``, which takes the same
     arguments) on free ports and wait for /health/ping."""
     exe = command or [find_exe("seldon-core-microservice", "pip install 'mnistkit[serve]'", ServingError)]
-    http, metrics, grpc = free_port(), free_port(), free_port()
+    http, metrics, grpc = free_ports(3)
     log = Path(log_path) if log_path else Path(cwd or ".") / f"microservice-{http}.log"
     full_env = {**os.environ, "GUNICORN_WORKERS": str(workers), "GUNICORN_THREADS": str(threads), **(env or {})}
     proc = spawn(

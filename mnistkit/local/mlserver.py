@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from ..errors import ServingError
-from ._proc import ChildServer, free_port, spawn
+from ._proc import ChildServer, free_ports, spawn
 
 __all__ = ["V2Server", "write_model_folder", "start_mlserver"]
 
@@ -54,7 +54,7 @@ def start_mlserver(
     artifact at ``model_dir`` on free loopback ports and wait until it is ready."""
     work = Path(workdir)
     folder = write_model_folder(model_dir, work / "v2-model", max_batch=max_batch)
-    http, grpc, metrics = free_port(), free_port(), free_port()
+    http, grpc, metrics = free_ports(3)
     log = work / f"mlserver-{http}.log"
     full_env = {
         **os.environ,
