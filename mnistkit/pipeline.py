@@ -141,7 +141,11 @@ def run(config: PipelineConfig | None = None, *, on_step: Callable[[str], None] 
     try:  # the search's file is read before any service starts: a typo costs nothing
         spec = read_polyaxonfile(config.polyaxonfile)
     except MnistkitError as e:
-        raise PipelineError("search", str(e)) from None
+        default = config.polyaxonfile == PipelineConfig.polyaxonfile and not Path(config.polyaxonfile).exists()
+        hint = (
+            "; run it in mnistkit's repository (the default file is relative to it), or pass -f FILE" if default else ""
+        )
+        raise PipelineError("search", f"{e}{hint}") from None
     home = Path(config.home) if config.home else mnistkit_home()
     result = PipelineResult()
     step = _Steps(result, on_step)

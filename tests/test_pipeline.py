@@ -95,14 +95,16 @@ def test_a_failing_step_is_named_and_cleaned_up(docker_engine, tmp_path):
         (["--registry-port", "99999"], "--registry-port must be 0..65535 (0: any free port), got 99999"),
         (["--max-epochs", "0"], "--max-epochs must be at least 1 (got 0)"),
         (["-f", "nosuch.yml"], "step 'search' failed: cannot read nosuch.yml"),
+        ([], "or pass -f FILE"),  # run outside the repository: it did not say what to do
     ],
 )
-def test_bad_options_are_one_line_before_any_service_starts(flags, message, tmp_path):
+def test_bad_options_are_one_line_before_any_service_starts(flags, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     r = CliRunner(mix_stderr=False).invoke(
         pipeline_main, ["--work-dir", str(tmp_path / "w"), *flags], env={"MNISTKIT_HOME": str(tmp_path / "home")}
     )
     lines = r.stderr.strip().splitlines()
-    assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith(f"Error: {message}"), r.stderr
+    assert r.exit_code == 1 and len(lines) == 1 and lines[0].startswith("Error: ") and message in lines[0], r.stderr
     assert not (tmp_path / "home").exists()  # no dockerd, no registry were started
 
 
