@@ -650,6 +650,28 @@ def _fit_deadline(app: Any, worker_timeout: Any) -> None:
         guard.limits = fitted
 
 
+def _on_host(bind: Any) -> Any:
+    """Seldon's ``0.0.0.0:PORT`` on ``MNISTKIT_HOST`` instead (its REST and metrics servers)."""
+    from .settings import settings
+
+    if not isinstance(bind, str) or ":" not in bind:
+        return bind
+    host = settings().host
+    return f"[{host}]:{bind.rpartition(':')[2]}" if ":" in host else f"{host}:{bind.rpartition(':')[2]}"
+
+
+def _bound(base: type) -> type:
+    """Seldon's metrics server application, listening on ``MNISTKIT_HOST``."""
+
+    class Application(base):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, options: dict[str, Any] | None = None, **kwargs: Any) -> None:
+            options = dict(options or {})
+            options["bind"] = _on_host(options.get("bind"))
+            super().__init__(*args, options=options, **kwargs)
+
+    return Application
+
+
 def _application(base: type) -> type:
     """Seldon's gunicorn application with the options it does not expose."""
 
@@ -659,6 +681,7 @@ def _application(base: type) -> type:
             options["graceful_timeout"] = _graceful_timeout()
             options["worker_class"] = "mnistkit.serve.DrainingSyncWorker"
             options["pre_fork"] = _preload_and_freeze
+            options["bind"] = _on_host(options.get("bind"))
             if args:
                 _fit_deadline(args[0], options.get("timeout"))
             super().__init__(*args, options=options, **kwargs)
@@ -687,6 +710,7 @@ def install() -> None:
     get_rest_microservice.mnistkit_guarded = True  # type: ignore[attr-defined]
     wrapper.get_rest_microservice = get_rest_microservice
     microservice.UserModelApplication = _application(microservice.UserModelApplication)
+    microservice.StandaloneApplication = _bound(microservice.StandaloneApplication)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,6 +7,7 @@ variable; the README's table of variables is checked against this class in the t
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -47,6 +48,11 @@ class Settings:
     body_timeout: float = _var(
         30.0, "Seconds a v1 server gives a client to send a request's headers, then its body (408 after)."
     )
+    host: str = _var(
+        "0.0.0.0",
+        "Address a v1 server's REST and metrics ports listen on (mnistkit's smoke test, which runs "
+        "images on the host network, sets 127.0.0.1).",
+    )
     builder_digest: str | None = _var(None, "Set in model images: the digest of the builder image they were built on.")
     image_torch: str = _var("torch==2.13.0+cpu", "torch requirement installed in --runtime torch images.")
 
@@ -74,6 +80,12 @@ class Settings:
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()}={getattr(self, name)} must be at least 1")
         if not 0 < self.body_timeout < 86400:  # (and not NaN)
             raise ConfigError(f"{ENV_PREFIX}BODY_TIMEOUT={self.body_timeout} must be more than 0 and under a day")
+        try:
+            ipaddress.ip_address(self.host)
+        except ValueError:
+            raise ConfigError(
+                f"{ENV_PREFIX}HOST={self.host!r} is not an IP address (0.0.0.0: every interface)"
+            ) from None
         if not 0 <= self.metrics_interval < 86400:  # (and not NaN)
             raise ConfigError(f"{ENV_PREFIX}METRICS_INTERVAL={self.metrics_interval} must be 0 or more, under a day")
         return self

@@ -358,6 +358,27 @@ def test_a_slow_body_gets_408_and_frees_the_worker(trained_run, tmp_path, mnist)
         service.stop()
 
 
+@pytest.mark.server
+def test_the_launcher_listens_on_mnistkit_host_only(trained_run, tmp_path):
+    """On the host network (the smoke test, the demo's serve step) the model's REST and metrics
+    ports listened on every interface of the machine; they listen on MNISTKIT_HOST (127.0.0.1
+    where mnistkit starts a server for itself), and 0.0.0.0 stays the default for clusters."""
+    service = _one_worker(trained_run, tmp_path)
+    try:
+        group = psutil.Process(service.proc.pid)
+        pids = {group.pid, *(c.pid for c in group.children(recursive=True))}
+        listening = {
+            (c.laddr.ip, c.laddr.port)
+            for c in psutil.net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.pid in pids
+        }
+        ports = {port for _, port in listening}
+        assert {service.http_port, service.metrics_port} <= ports, listening
+        assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening
+    finally:
+        service.stop()
+
+
 #: the launcher, reading Seldon's pod annotations from a file of the test's instead of the
 #: downward-API path seldon-core hard-codes (``/etc/podinfo/annotations``); all else as in the image
 _ANNOTATED = (

@@ -40,6 +40,7 @@ def test_a_bad_value_names_the_variable(monkeypatch):
         ("MNISTKIT_BODY_TIMEOUT", "0", "MNISTKIT_BODY_TIMEOUT=0.0 must be more than 0 and under a day"),
         ("MNISTKIT_BODY_TIMEOUT", "nan", "MNISTKIT_BODY_TIMEOUT=nan must be more than 0"),
         ("MNISTKIT_BODY_TIMEOUT", "inf", "MNISTKIT_BODY_TIMEOUT=inf must be more than 0"),
+        ("MNISTKIT_HOST", "localhost:1", "MNISTKIT_HOST='localhost:1' is not an IP address"),
     ],
 )
 def test_a_value_of_the_right_type_that_nothing_can_use_is_refused(monkeypatch, variable, value, message):

@@ -87,6 +87,7 @@ def serve_image(
         "PREDICTIVE_UNIT_HTTP_SERVICE_PORT": str(http),
         "PREDICTIVE_UNIT_GRPC_SERVICE_PORT": str(grpc),
         "PREDICTIVE_UNIT_METRICS_SERVICE_PORT": str(metrics),
+        "MNISTKIT_HOST": "127.0.0.1",  # the host network: not on every interface of this machine
         **(environment or {}),
     }
     return run_on_loopback(client, image, env, http, "/health/ping", timeout, "did not serve")

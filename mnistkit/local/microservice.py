@@ -39,7 +39,13 @@ def start_microservice(
     exe = command or [find_exe("seldon-core-microservice", "pip install 'mnistkit[serve]'", ServingError)]
     http, metrics, grpc = free_ports(3)
     log = Path(log_path) if log_path else Path(cwd or ".") / f"microservice-{http}.log"
-    full_env = {**os.environ, "GUNICORN_WORKERS": str(workers), "GUNICORN_THREADS": str(threads), **(env or {})}
+    full_env = {
+        **os.environ,
+        "GUNICORN_WORKERS": str(workers),
+        "GUNICORN_THREADS": str(threads),
+        "MNISTKIT_HOST": "127.0.0.1",  # (mnistkit's launcher; the bare seldon-core-microservice binds 0.0.0.0)
+        **(env or {}),
+    }
     proc = spawn(
         [
             *exe,
