@@ -109,15 +109,13 @@ class SearchConfig:
             raise ConfigError(f"not training options: {', '.join(unknown)}")
         if self.metric not in RECORDED_METRICS:
             raise ConfigError(f"--metric {self.metric!r} is not recorded by a trial; use {', '.join(RECORDED_METRICS)}")
-        if self.maximize is None:
-            if self.metric not in BETTER_WHEN_HIGHER:
-                raise ConfigError(
-                    f"--metric {self.metric} is neither better high nor low: add --minimize or --maximize"
-                )
-            return replace(self, maximize=BETTER_WHEN_HIGHER[self.metric]).validate()
         if self.group_name is not None:
             check_group_name(self.group_name, "--group-name", ConfigError)
-        return self
+        if self.maximize is not None:
+            return self
+        if self.metric not in BETTER_WHEN_HIGHER:
+            raise ConfigError(f"--metric {self.metric} is neither better high nor low: add --minimize or --maximize")
+        return replace(self, maximize=BETTER_WHEN_HIGHER[self.metric])  # the way the metric gets better
 
 
 @dataclass
